@@ -1,0 +1,277 @@
+"""Non-INVITE client transaction, RFC 3261 §17.1.2, as a pure machine driven by ``now``.
+
+    start ──► TRYING ──1xx──► PROCEEDING
+                │  \\            │
+          final │   Timer F /   │ final
+                ▼   give-up /   ▼
+            COMPLETED  transport error ──► TERMINATED (synthetic 408 / 503, §8.1.3.1)
+                │ Timer K (T4 on UDP, 0 on reliable transports)
+                ▼
+           TERMINATED
+
+Timer E starts at T1 and doubles up to T2; in PROCEEDING it is T2 (§17.1.2.2). Timer F is
+64*T1 unless ``timeout`` says otherwise. ``retransmits`` (sipsak's ``-D`` idea) caps the
+retransmissions after the first transmission: the transaction gives up when the next one
+would be due, so ``t1=0.1, retransmits=3`` sends at 0, 0.1, 0.3, 0.7 and gives up at 1.5.
+A reliable transport retransmits nothing and gives up at that same deadline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from sipalive.errors import ConfigError, LocalProtocolError
+from sipalive.sip.message import Request, Response
+
+
+@dataclass(frozen=True, slots=True)
+class TimerConfig:
+    """RFC 3261 §17.1.2.2 / Table 4 timers, in seconds, with the RFC defaults."""
+
+    t1: float = 0.5
+    t2: float = 4.0
+    t4: float = 5.0
+    timeout: float | None = None  # Timer F; None means 64*T1
+    retransmits: int | None = None  # None: retransmit until Timer F
+
+    def __post_init__(self) -> None:
+        for name in ("t1", "t2", "t4"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ConfigError(name, f"must be > 0, got {value}")
+        if self.t2 < self.t1:
+            raise ConfigError("t2", f"must be >= t1 ({self.t1}), got {self.t2}")
+        if self.timeout is not None and not self.timeout > 0:
+            raise ConfigError("timeout", f"must be > 0, got {self.timeout}")
+        if self.retransmits is not None and self.retransmits < 0:
+            raise ConfigError("retransmits", f"must be >= 0, got {self.retransmits}")
+
+    @property
+    def timer_f(self) -> float:
+        return 64 * self.t1 if self.timeout is None else self.timeout
+
+    def send_offsets(self) -> list[float]:
+        """When an unanswered UDP request is (re)transmitted, relative to the first send."""
+        offsets = [0.0]
+        at, interval = 0.0, self.t1
+        while True:
+            at += interval
+            interval = min(2 * interval, self.t2)
+            if at >= self.timer_f - 1e-9:
+                return offsets
+            if self.retransmits is not None and len(offsets) > self.retransmits:
+                return offsets
+            offsets.append(at)
+
+    def give_up_after(self) -> float:
+        """When an unanswered transaction ends, relative to the first send."""
+        if self.retransmits is None:
+            return self.timer_f
+        at, interval = 0.0, self.t1
+        for _ in range(self.retransmits):
+            at += interval
+            interval = min(2 * interval, self.t2)
+        return min(self.timer_f, at + interval)
+
+
+class TransactionState(Enum):
+    INITIAL = "initial"
+    TRYING = "trying"
+    PROCEEDING = "proceeding"
+    COMPLETED = "completed"
+    TERMINATED = "terminated"
+
+
+class Cause(Enum):
+    RESPONSE = "response"
+    TIMEOUT = "timeout"
+    TRANSPORT_ERROR = "transport-error"
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionResult:
+    """What the transaction user learns. ``status`` is 408 on timeout and 503 on a transport
+    error (RFC 3261 §8.1.3.1), then ``response`` is None."""
+
+    status: int
+    reason: str
+    cause: Cause
+    response: Response | None
+    started: float
+    finished: float
+    retransmits: int
+    rtt_first: float | None  # from the first transmission to the final response
+    rtt_last: float | None  # from the last transmission (Karn: ambiguous when retransmits > 0)
+    provisional_rtt: float | None = None
+    error: str | None = None
+
+    @property
+    def duration(self) -> float:
+        return self.finished - self.started
+
+
+@dataclass(frozen=True, slots=True)
+class Transmit:
+    data: bytes
+    retransmission: int  # 0 for the first transmission
+
+
+@dataclass(frozen=True, slots=True)
+class Provisional:
+    response: Response
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    result: TransactionResult
+
+
+@dataclass(frozen=True, slots=True)
+class Terminated:
+    pass
+
+
+Event = Transmit | Provisional | Completed | Terminated
+
+
+class ClientTransaction:
+    """A non-INVITE client transaction. Feed it time, responses and transport errors."""
+
+    def __init__(self, request: Request, *, reliable: bool, timers: TimerConfig) -> None:
+        if request.method in ("INVITE", "ACK"):
+            raise LocalProtocolError(f"{request.method} is not a non-INVITE transaction")
+        if not request.branch:
+            raise LocalProtocolError("request has no Via branch")
+        self.request = request
+        self.data = request.encode()
+        self.branch = request.branch
+        self.method = request.method
+        self.reliable = reliable
+        self.timers = timers
+        self.state = TransactionState.INITIAL
+        self.result: TransactionResult | None = None
+        self.retransmits = 0
+        self._started = 0.0
+        self._last_sent = 0.0
+        self._provisional_rtt: float | None = None
+        self._timer_e: float | None = None
+        self._interval = timers.t1
+        self._deadline = 0.0
+        self._timer_k: float | None = None
+
+    def key(self) -> tuple[str, str]:
+        return (self.branch, self.method)
+
+    def matches(self, response: Response) -> bool:
+        """RFC 3261 §17.1.3: top Via branch and CSeq method."""
+        return response.branch == self.branch and response.cseq.method == self.method
+
+    def start(self, now: float) -> list[Event]:
+        if self.state is not TransactionState.INITIAL:
+            raise LocalProtocolError("transaction already started")
+        self.state = TransactionState.TRYING
+        self._started = self._last_sent = now
+        if self.reliable:
+            self._deadline = now + self.timers.give_up_after()
+        else:
+            self._deadline = now + self.timers.timer_f
+            self._timer_e = now + self.timers.t1
+        return [Transmit(self.data, 0)]
+
+    def get_timer(self) -> float | None:
+        if self.state in (TransactionState.TRYING, TransactionState.PROCEEDING):
+            if self._timer_e is not None and self._timer_e < self._deadline:
+                return self._timer_e
+            return self._deadline
+        if self.state is TransactionState.COMPLETED:
+            return self._timer_k
+        return None
+
+    def handle_timer(self, now: float) -> list[Event]:
+        events: list[Event] = []
+        if self.state in (TransactionState.TRYING, TransactionState.PROCEEDING):
+            if now >= self._deadline:
+                return self._fail(now, 408, "Request Timeout", Cause.TIMEOUT, None)
+            if self._timer_e is not None and now >= self._timer_e:
+                cap = self.timers.retransmits
+                if cap is not None and self.retransmits >= cap:
+                    # the next transmission would be due now: give up (sipsak -D semantics)
+                    return self._fail(now, 408, "Request Timeout", Cause.TIMEOUT, None)
+                self.retransmits += 1
+                self._last_sent = now
+                if self.state is TransactionState.PROCEEDING:
+                    self._interval = self.timers.t2
+                else:
+                    self._interval = min(2 * self._interval, self.timers.t2)
+                # anchor on the scheduled instant, not on a late ``now``, so lag does not drift
+                self._timer_e = max(self._timer_e + self._interval, now)
+                events.append(Transmit(self.data, self.retransmits))
+        elif (
+            self.state is TransactionState.COMPLETED
+            and self._timer_k is not None
+            and now >= self._timer_k
+        ):
+            self.state = TransactionState.TERMINATED
+            events.append(Terminated())
+        return events
+
+    def receive_response(self, response: Response, now: float) -> list[Event]:
+        if not self.matches(response):
+            raise LocalProtocolError("response does not match this transaction")
+        if self.state not in (TransactionState.TRYING, TransactionState.PROCEEDING):
+            return []  # COMPLETED absorbs retransmitted finals (§17.1.2.2)
+        if response.status < 200:
+            if self._provisional_rtt is None:
+                self._provisional_rtt = now - self._started
+            if self.state is TransactionState.TRYING:
+                self.state = TransactionState.PROCEEDING
+                if self._timer_e is not None:
+                    # §17.1.2.2: in Proceeding, retransmit every T2
+                    self._timer_e = max(self._last_sent + self.timers.t2, now)
+            return [Provisional(response)]
+        self.result = TransactionResult(
+            status=response.status,
+            reason=response.reason,
+            cause=Cause.RESPONSE,
+            response=response,
+            started=self._started,
+            finished=now,
+            retransmits=self.retransmits,
+            rtt_first=now - self._started,
+            rtt_last=now - self._last_sent,
+            provisional_rtt=self._provisional_rtt,
+        )
+        events: list[Event] = [Completed(self.result)]
+        if self.reliable:
+            self.state = TransactionState.TERMINATED
+            events.append(Terminated())
+        else:
+            self.state = TransactionState.COMPLETED
+            self._timer_k = now + self.timers.t4
+        return events
+
+    def transport_error(self, now: float, detail: str) -> list[Event]:
+        """RFC 3261 §17.1.4 / §8.1.3.1: a transport failure is a 503 at once."""
+        if self.state not in (TransactionState.TRYING, TransactionState.PROCEEDING):
+            return []
+        return self._fail(now, 503, "Service Unavailable", Cause.TRANSPORT_ERROR, detail)
+
+    def _fail(
+        self, now: float, status: int, reason: str, cause: Cause, error: str | None
+    ) -> list[Event]:
+        self.result = TransactionResult(
+            status=status,
+            reason=reason,
+            cause=cause,
+            response=None,
+            started=self._started,
+            finished=now,
+            retransmits=self.retransmits,
+            rtt_first=None,
+            rtt_last=None,
+            provisional_rtt=self._provisional_rtt,
+            error=error,
+        )
+        self.state = TransactionState.TERMINATED
+        return [Completed(self.result), Terminated()]
