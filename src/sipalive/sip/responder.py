@@ -165,7 +165,7 @@ class StatelessResponder:
             msg = stun.parse(data)
         except ParseError:
             return None  # RFC 5389 §7.3: silently discard malformed STUN
-        if msg.msg_class is not stun.MessageClass.REQUEST or msg.method != stun.BINDING:
+        if msg.msg_class is not stun.StunClass.REQUEST or msg.method != stun.BINDING:
             return None
         out = stun.binding_success(msg.transaction_id, source, software=self.config.server)
         return Reply(out, source, ReplyKind.STUN)
@@ -249,7 +249,9 @@ def _salvage(data: bytes) -> list[tuple[str, str]] | None:
         if not sep or any(c in name for c in "\r\n"):
             continue
         fields.append((name.strip(), value.strip()))
-    kept = [(n, v) for n, v in fields if header_key(n) in _SALVAGE and "\r" not in v and "\n" not in v]
+    kept = [
+        (n, v) for n, v in fields if header_key(n) in _SALVAGE and "\r" not in v and "\n" not in v
+    ]
     if not any(header_key(n) == "via" for n, _ in kept):
         return None
     return kept

@@ -141,7 +141,7 @@ def parse_uri(text: str) -> SipUri:
         password = pw if sep else None
         if not user:
             raise ParseError(f"empty user part in {text!r}")
-    if any(c in " \t\r\n<>\"" for c in rest):
+    if any(c in ' \t\r\n<>"' for c in rest):
         raise ParseError(f"bad character in URI {text!r}")
     hostport, _, param_text = rest.partition(";")
     host, port = parse_host_port(hostport, "URI host")

@@ -1,0 +1,3 @@
+from sipalive.cli.main import run
+
+run()

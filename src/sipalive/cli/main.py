@@ -1,0 +1,56 @@
+"""``sipalive`` entry point: dispatches to a sub-command module, imported only when used."""
+
+from __future__ import annotations
+
+import sys
+
+COMMANDS = {
+    "ping": "sipalive.cli.ping",
+    "check": "sipalive.cli.check",
+    "respond": "sipalive.cli.respond",
+}
+
+USAGE = """\
+usage: sipalive COMMAND [options]
+
+commands:
+  ping      probe SIP peers with OPTIONS, like ping/fping (also --flood)
+  check     one probe as a Nagios/Icinga plugin (exit 0/1/2/3)
+  respond   answer OPTIONS, CRLF keep-alive pings and STUN binding requests
+
+'sipalive COMMAND --help' for a command's options.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help", "help"):
+        sys.stdout.write(USAGE)
+        return 0 if args else 2
+    if args[0] in ("-V", "--version"):
+        from sipalive import __version__
+
+        sys.stdout.write(f"sipalive {__version__}\n")
+        return 0
+    module_name = COMMANDS.get(args[0])
+    if module_name is None:
+        sys.stderr.write(f"sipalive: unknown command {args[0]!r}\n{USAGE}")
+        return 2
+    import importlib
+
+    module = importlib.import_module(module_name)
+    code: int = module.main(args[1:])
+    sys.stdout.flush()
+    return code
+
+
+def run() -> None:
+    """Console-script entry: exit as soon as the verdict is out (no slow interpreter teardown)."""
+    code = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        import os
+
+        os._exit(code)

@@ -1,0 +1,216 @@
+"""The responder's listeners: UDP, TCP and TLS, around the pure StatelessResponder.
+
+One line is logged per client error (malformed request, refused method), never per probe; a
+source over its rate is dropped silently and counted. Stream connections are bounded by the
+framer's maximum message size and an idle timeout swept by a single periodic timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import cast
+
+from sipalive.errors import ParseError
+from sipalive.io.limits import Admission
+from sipalive.sip.framing import MessageReceived, PingReceived, Role, StreamFramer
+from sipalive.sip.message import Request
+from sipalive.sip.responder import StatelessResponder
+
+
+@dataclass(slots=True)
+class ServerStats:
+    requests: int = 0
+    answered: int = 0
+    client_errors: int = 0
+    stun: int = 0
+    pongs: int = 0
+    dropped: int = 0
+    connections: int = 0
+
+
+def log_line(text: str) -> None:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+    print(f"{stamp} {text}", file=sys.stderr, flush=True)
+
+
+class Listener:
+    """Shared state of every listener of one ``respond`` process."""
+
+    def __init__(
+        self,
+        responder: StatelessResponder,
+        admission: Admission,
+        log: Callable[[str], None] = log_line,
+        idle_timeout: float = 300.0,
+    ) -> None:
+        self.responder = responder
+        self.admission = admission
+        self.log = log
+        self.idle_timeout = idle_timeout
+        self.stats = ServerStats()
+        self.connections: set[StreamServerProtocol] = set()
+
+
+class UdpServerProtocol(asyncio.DatagramProtocol):
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)  # uvloop's are not subclasses
+
+    def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
+        lst = self.listener
+        source = (str(addr[0]), int(str(addr[1])))
+        if not lst.admission.admit(source[0], time.monotonic()):
+            lst.stats.dropped += 1
+            return
+        lst.stats.requests += 1
+        reply = lst.responder.handle_datagram(data, source)
+        if reply is None:
+            return
+        if reply.error is not None:
+            lst.stats.client_errors += 1
+            lst.log(f"udp {source[0]}:{source[1]}: {reply.status} ({reply.error})")
+        elif reply.status is not None and reply.status >= 300:
+            lst.stats.client_errors += 1
+            lst.log(f"udp {source[0]}:{source[1]}: {reply.method} -> {reply.status}")
+        elif reply.status is None:
+            lst.stats.stun += 1
+        assert self.transport is not None
+        self.transport.sendto(reply.data, reply.addr)
+        lst.stats.answered += 1
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # ICMP errors for our answers are the client's problem; nothing to fail here
+
+
+class StreamServerProtocol(asyncio.Protocol):
+    def __init__(self, listener: Listener, transport_name: str) -> None:
+        self.listener = listener
+        self.name = transport_name
+        self.framer = StreamFramer(Role.SERVER, listener.responder.config.max_message)
+        self.transport: asyncio.Transport | None = None
+        self.peer: tuple[str, int] = ("", 0)
+        self.last_activity = time.monotonic()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        peer = transport.get_extra_info("peername")
+        self.peer = (str(peer[0]), int(peer[1]))
+        lst = self.listener
+        if not lst.admission.allowed(self.peer[0]):
+            lst.admission.denied += 1
+            lst.stats.dropped += 1
+            self.transport.abort()
+            return
+        lst.stats.connections += 1
+        lst.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.listener.connections.discard(self)
+
+    def data_received(self, data: bytes) -> None:
+        lst = self.listener
+        self.last_activity = now = time.monotonic()
+        try:
+            events = self.framer.receive(data)
+        except ParseError as exc:
+            lst.stats.client_errors += 1
+            lst.log(
+                f"{self.name} {self.peer[0]}:{self.peer[1]}: {exc.status} ({exc.reason}); closing"
+            )
+            reply = lst.responder.bad_request(data, exc, self.peer, self.name)
+            if reply is not None and self.transport is not None:
+                self.transport.write(reply.data)
+            self._close()
+            return
+        assert self.transport is not None
+        for event in events:
+            if isinstance(event, PingReceived):
+                lst.stats.pongs += 1
+                self.transport.write(b"\r\n")  # RFC 5626 §4.4.1 pong
+                continue
+            if not isinstance(event, MessageReceived) or not isinstance(event.message, Request):
+                continue  # a response on our server socket: nothing to do
+            if not lst.admission.admit(self.peer[0], now):
+                lst.stats.dropped += 1
+                continue
+            lst.stats.requests += 1
+            reply = lst.responder.handle_request(event.message, self.peer, self.name)
+            if reply is None:
+                continue
+            if reply.status is not None and reply.status >= 300:
+                lst.stats.client_errors += 1
+                lst.log(
+                    f"{self.name} {self.peer[0]}:{self.peer[1]}: {reply.method} -> {reply.status}"
+                )
+            self.transport.write(reply.data)
+            lst.stats.answered += 1
+
+    def _close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+@dataclass(frozen=True, slots=True)
+class ListenSpec:
+    transport: str  # udp | tcp | tls
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.transport}:{host}:{self.port}"
+
+
+async def start_listeners(
+    listener: Listener,
+    specs: list[ListenSpec],
+    tls_context: ssl.SSLContext | None = None,
+    reuse_port: bool = False,
+    rcvbuf: int | None = None,
+) -> list[asyncio.BaseTransport | asyncio.Server]:
+    loop = asyncio.get_running_loop()
+    opened: list[asyncio.BaseTransport | asyncio.Server] = []
+    for spec in specs:
+        if spec.transport == "udp":
+            family = socket.AF_INET6 if ":" in spec.host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if rcvbuf:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            sock.bind((spec.host, spec.port))
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: UdpServerProtocol(listener), sock=sock
+            )
+            opened.append(transport)
+        else:
+            ctx = tls_context if spec.transport == "tls" else None
+            name = spec.transport
+            server = await loop.create_server(
+                lambda name=name: StreamServerProtocol(listener, name),
+                spec.host,
+                spec.port,
+                ssl=ctx,
+                reuse_port=reuse_port or None,
+                ssl_handshake_timeout=10.0 if ctx else None,
+            )
+            opened.append(server)
+    return opened
+
+
+async def sweep_idle(listener: Listener, period: float = 5.0) -> None:
+    """Close stream connections idle for longer than ``listener.idle_timeout``."""
+    while True:
+        await asyncio.sleep(period)
+        cutoff = time.monotonic() - listener.idle_timeout
+        for conn in [c for c in listener.connections if c.last_activity < cutoff]:
+            conn._close()
