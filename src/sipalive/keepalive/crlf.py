@@ -123,7 +123,7 @@ class CrlfPinger:
         self._next_ping = now + jittered(self._interval, self._rand)
 
     def stop(self) -> None:
-        """Stop for good: no more timers, events or pings."""
+        """Stop: no more timers, events or pings until :meth:`start` is called again."""
         self._state = CrlfState.STOPPED
         self._next_ping = None
 

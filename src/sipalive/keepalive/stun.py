@@ -166,7 +166,8 @@ class StunKeepalive:
         self._mapped = None
 
     def stop(self) -> None:
-        """Stop for good: no more timers, events or requests; late responses are ignored."""
+        """Stop: no more timers, events or requests, and late responses are ignored, until
+        :meth:`start` is called again."""
         self._state = StunKeepaliveState.STOPPED
         self._next_request = None
 
