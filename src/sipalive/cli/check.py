@@ -234,4 +234,5 @@ def _resolve(host: str, port: int | None, transport: str) -> list[tuple[str, int
         targets = resolve_sync("sips" if transport == "tls" else "sip", host, port, transport)
     except ResolveError as exc:
         return f"cannot resolve {host}: {exc}"
-    return [(t.address, t.port, t.host) for t in targets if t.transport == transport]
+    # RFC 5922 §4: a TLS server is verified against the domain asked for, not the SRV target
+    return [(t.address, t.port, host) for t in targets if t.transport == transport]

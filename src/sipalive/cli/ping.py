@@ -14,6 +14,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from sipalive import clock
 from sipalive.cli.common import (
     UsageError,
     effective_transport,
@@ -50,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--flood", action="store_true", help="COUNT transactions back to back")
     p.add_argument("--window", default="100", help="with --flood: at most W in flight")
+    p.add_argument(
+        "--crlf",
+        action="store_true",
+        help="send RFC 5626 CRLFCRLF keep-alive pings (TCP/TLS) and time the CRLF pong",
+    )
     p.add_argument("--from", dest="from_uri", help="From URI")
     p.add_argument("--user-agent", default="sipalive/0.1")
     p.add_argument("--ca", help="CA bundle (PEM) to verify TLS servers with")
@@ -156,7 +162,8 @@ class Prober:
                         target.address,
                         target.port,
                         ssl_context=ctx,
-                        server_hostname=target.host,
+                        # RFC 5922 §4: the certificate must match the URI's domain
+                        server_hostname=uri.host,
                         timeout=self.timers.give_up_after(),
                     )
             except TransportError as exc:
@@ -173,7 +180,40 @@ class Prober:
             text = str(self.uri.with_transport(self.target.transport))
         return text
 
-    async def probe(self, seq: int) -> TransactionResult:
+    async def crlf_probe(self, seq: int) -> TransactionResult | None:
+        """RFC 5626 §4.4.1: CRLFCRLF ping; the pong is a CRLF, due within the timeout."""
+        flow = self.flow
+        assert isinstance(flow, StreamFlow)
+        loop = asyncio.get_running_loop()
+        pong: asyncio.Future[float] = loop.create_future()
+
+        def on_pong() -> None:
+            if not pong.done():
+                pong.set_result(clock.monotonic())
+
+        flow.on_pong = on_pong
+        self.stats.sent += 1
+        sent = clock.monotonic()
+        flow.send(b"\r\n\r\n")
+        assert self.target is not None
+        where = f"{format_host(self.target.address)}:{self.target.port}"
+        obj: dict[str, object] = {"type": "pong", "target": self.text, "seq": seq}
+        try:
+            got = await asyncio.wait_for(pong, self.timers.give_up_after())
+        except TimeoutError:
+            self.stats.failed += 1
+            obj |= {"rtt_s": None, "error": "no pong"}
+            text = f"no pong from {where} ({self.target.transport}): seq={seq}"
+        else:
+            rtt = got - sent
+            self.stats.answered += 1
+            self.stats.rtts.append(rtt)
+            obj["rtt_s"] = rtt
+            text = f"pong from {where} ({self.target.transport}): seq={seq} rtt={rtt * 1000:.3f} ms"
+        self.out.line(obj, text)
+        return None
+
+    async def probe(self, seq: int) -> TransactionResult | None:
         assert self.flow is not None
         assert self.target is not None
         Prober._counter += 1
@@ -262,35 +302,38 @@ class Prober:
 
 
 async def run_target(prober: Prober, count: int, interval: float, window: int) -> None:
-    loop = asyncio.get_running_loop()
-    start = loop.time()
+    start = clock.monotonic()
     try:
         await prober.connect()
     except (ResolveError, TransportError, ConfigError) as exc:
         prober.stats.error = str(exc)
-        prober.stats.elapsed = loop.time() - start
+        prober.stats.elapsed = clock.monotonic() - start
         if not prober.out.json:
             sys.stdout.write(f"{prober.text}: {exc}\n")
         return
-    start = loop.time()
-    tasks: set[asyncio.Task[TransactionResult]] = set()
+    start = clock.monotonic()
+    tasks: set[asyncio.Task[TransactionResult | None]] = set()
     try:
         if prober.args.flood:
             await _flood(prober, count, window)
+        elif prober.args.crlf and not isinstance(prober.flow, StreamFlow):
+            prober.stats.error = "--crlf needs a TCP or TLS flow (RFC 5626 §4.4.1)"
+            sys.stdout.write(f"{prober.text}: {prober.stats.error}\n")
         else:
             seq = 0
+            crlf = prober.args.crlf
             while count == 0 or seq < count:
                 seq += 1
-                task = asyncio.ensure_future(prober.probe(seq))
+                task = asyncio.ensure_future(prober.crlf_probe(seq) if crlf else prober.probe(seq))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
                 if count and seq >= count:
                     break
-                await asyncio.sleep(max(0.0, start + seq * interval - loop.time()))
+                await asyncio.sleep(max(0.0, start + seq * interval - clock.monotonic()))
             if tasks:
                 await asyncio.gather(*tasks)
     finally:
-        prober.stats.elapsed = loop.time() - start
+        prober.stats.elapsed = clock.monotonic() - start
         if prober.flow is not None:
             prober.flow.close()
 
@@ -304,7 +347,7 @@ async def _flood(prober: Prober, count: int, window: int) -> None:
         task = asyncio.ensure_future(prober.probe(state["started"]))
         task.add_done_callback(finished)
 
-    def finished(_: asyncio.Future[TransactionResult]) -> None:
+    def finished(_: asyncio.Future[TransactionResult | None]) -> None:
         state["finished"] += 1
         if state["started"] < count:
             launch()
