@@ -32,7 +32,7 @@ def run_silent(txn: ClientTransaction, start: float = 100.0) -> tuple[list[float
                 sends.append(round(now - start, 9))
             if isinstance(ev, Completed):
                 assert ev.result.status == 408
-                assert ev.result.cause is Cause.TIMEOUT
+                assert ev.result.cause == Cause.TIMEOUT
                 return sends, round(now - start, 9)
         when = txn.get_timer()
         assert when is not None
@@ -48,7 +48,7 @@ def test_rfc_defaults_udp() -> None:
     # Timer E: 0.5, 1, 2, 4, then T2=4 each time; Timer F = 64*T1 = 32 s
     assert sends == [0, 0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5, 23.5, 27.5, 31.5]
     assert end == 32.0
-    assert txn.state is TransactionState.TERMINATED
+    assert txn.state == TransactionState.TERMINATED
 
 
 def test_retransmit_cap_gives_up_when_next_is_due() -> None:
@@ -106,7 +106,7 @@ def test_final_response_then_timer_k_udp() -> None:
     assert done.result.rtt_first == pytest.approx(0.7)
     assert done.result.rtt_last == pytest.approx(0.2)
     assert done.result.retransmits == 1
-    assert txn.state is TransactionState.COMPLETED
+    assert txn.state == TransactionState.COMPLETED
     assert txn.get_timer() == pytest.approx(15.7)  # Timer K = T4
     assert txn.receive_response(response_to(req), 11.0) == []  # absorbed
     assert txn.handle_timer(15.7) == [Terminated()]
@@ -119,7 +119,7 @@ def test_timer_k_is_zero_on_reliable_transports() -> None:
     txn.start(0.0)
     events = txn.receive_response(response_to(req), 0.01)
     assert isinstance(events[-1], Terminated)
-    assert txn.state is TransactionState.TERMINATED
+    assert txn.state == TransactionState.TERMINATED
 
 
 def test_provisional_moves_to_proceeding_and_retransmits_every_t2() -> None:
@@ -129,7 +129,7 @@ def test_provisional_moves_to_proceeding_and_retransmits_every_t2() -> None:
     assert txn.handle_timer(0.5) == [Transmit(txn.data, 1)]
     events = txn.receive_response(response_to(req, 100, "Trying"), 0.6)
     assert isinstance(events[0], Provisional)
-    assert txn.state is TransactionState.PROCEEDING
+    assert txn.state == TransactionState.PROCEEDING
     assert txn.get_timer() == pytest.approx(4.5)  # last send 0.5 + T2
     assert txn.handle_timer(4.5) == [Transmit(txn.data, 2)]
     assert txn.get_timer() == pytest.approx(8.5)

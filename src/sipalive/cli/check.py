@@ -52,28 +52,47 @@ Sends one SIP OPTIONS to HOST and reports as a Nagios/Icinga plugin:
   -V, --version, -h, --help
 """
 
-_SHORT = "hVvH:p:T:u:w:c:t:"
-_LONG = [
-    "help",
-    "version",
-    "verbose",
-    "hostname=",
-    "port=",
-    "transport=",
-    "uri=",
-    "warning=",
-    "critical=",
-    "timeout=",
-    "t1=",
-    "retransmits=",
-    "expect=",
-    "from=",
-    "user-agent=",
-    "ca=",
-    "insecure",
-    "cert=",
-    "key=",
-]
+# option -> canonical key; flags take no value. Hand-parsed: getopt/argparse import gettext
+# and re, which would cost more start-up time than the probe itself.
+_VALUED = {
+    "-H": "H", "--hostname": "H", "-p": "p", "--port": "p", "-T": "T", "--transport": "T",
+    "-u": "u", "--uri": "u", "-w": "w", "--warning": "w", "-c": "c", "--critical": "c",
+    "-t": "t", "--timeout": "t", "--t1": "t1", "--retransmits": "retransmits",
+    "--expect": "expect", "--from": "from", "--user-agent": "user-agent", "--ca": "ca",
+    "--cert": "cert", "--key": "key",
+}  # fmt: skip
+_FLAGS = {
+    "-h": "help", "--help": "help", "-V": "version", "--version": "version",
+    "-v": "verbose", "--verbose": "verbose", "--insecure": "insecure",
+}  # fmt: skip
+
+
+def parse_argv(argv: list[str]) -> tuple[dict[str, str], set[str]]:
+    """``-H x``, ``-Hx``, ``--hostname x``, ``--hostname=x``; flags alone."""
+    values: dict[str, str] = {}
+    flags: set[str] = set()
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        name, eq, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        if not eq and not arg.startswith("--") and len(arg) > 2 and arg[:2] in _VALUED:
+            name, inline, eq = arg[:2], arg[2:], "="
+        if name in _FLAGS and not eq:
+            flags.add(_FLAGS[name])
+        elif name in _VALUED:
+            if eq:
+                values[_VALUED[name]] = inline
+            elif i < len(argv):
+                values[_VALUED[name]] = argv[i]
+                i += 1
+            else:
+                raise UsageError(f"option {name} requires an argument")
+        elif arg.startswith("-"):
+            raise UsageError(f"unknown option {arg}")
+        else:
+            raise UsageError(f"unexpected argument {arg!r}")
+    return values, flags
 
 
 def main(argv: list[str]) -> int:
@@ -85,43 +104,28 @@ def main(argv: list[str]) -> int:
 
 
 def _check(argv: list[str]) -> int:
-    import getopt
+    o, flags = parse_argv(argv)
+    if "help" in flags:
+        sys.stdout.write(USAGE)
+        return OK
+    if "version" in flags:
+        from sipalive import __version__
 
-    try:
-        opts, args = getopt.gnu_getopt(argv, _SHORT, _LONG)
-    except getopt.GetoptError as exc:
-        raise UsageError(str(exc)) from exc
-    if args:
-        raise UsageError(f"unexpected argument {args[0]!r}")
-    o: dict[str, str] = {}
-    verbose = False
-    insecure = False
-    for name, value in opts:
-        if name in ("-h", "--help"):
-            sys.stdout.write(USAGE)
-            return OK
-        if name in ("-V", "--version"):
-            from sipalive import __version__
-
-            sys.stdout.write(f"sipalive check {__version__}\n")
-            return OK
-        if name in ("-v", "--verbose"):
-            verbose = True
-        elif name == "--insecure":
-            insecure = True
-        else:
-            o[name.lstrip("-")[:1] if len(name) == 2 else name.lstrip("-")] = value
-    host = o.get("H") or o.get("hostname")
+        sys.stdout.write(f"sipalive check {__version__}\n")
+        return OK
+    verbose = "verbose" in flags
+    insecure = "insecure" in flags
+    host = o.get("H")
     if not host:
         raise UsageError("-H HOST is required")
-    transport = parse_transport(o.get("T") or o.get("transport") or "udp")
-    port_text = o.get("p") or o.get("port")
+    transport = parse_transport(o.get("T") or "udp")
+    port_text = o.get("p")
     port = parse_count(port_text, "-p", 1) if port_text else None
     if port is not None and port > 65535:
         raise UsageError(f"-p: port out of range: {port}")
-    warn = _range(o, "w", "warning")
-    crit = _range(o, "c", "critical")
-    timeout = parse_duration(o.get("t") or o.get("timeout") or "10", "-t")
+    warn = _range(o, "w")
+    crit = _range(o, "c")
+    timeout = parse_duration(o.get("t") or "10", "-t")
     if timeout <= 0:
         raise UsageError("-t: the timeout must be > 0")
     t1 = parse_duration(o["t1"], "--t1") if "t1" in o else None
@@ -154,7 +158,7 @@ def _check(argv: list[str]) -> int:
     outcome = None
     for address, dport, name in destinations:
         hp = f"[{name}]" if ":" in name else name
-        uri = o.get("u") or o.get("uri") or f"sip:{hp}:{dport}"
+        uri = o.get("u") or f"sip:{hp}:{dport}"
         if transport != "udp" and "transport=" not in uri:
             uri += f";transport={transport}"
         outcome = probe(
@@ -164,7 +168,7 @@ def _check(argv: list[str]) -> int:
             user_agent=o.get("user-agent"),
             ssl_context=ssl_context,
         )
-        if outcome.result.cause.value != "transport-error":
+        if outcome.result.cause != "transport-error":
             break  # RFC 3263 §4.3: try the next target only on a transport failure
     assert outcome is not None
     result = outcome.result
@@ -172,7 +176,7 @@ def _check(argv: list[str]) -> int:
     where = f"{format_host(dest.address)}:{dest.port}"
     perf_status = str(result.status)
     if result.response is None:
-        if result.cause.value == "timeout":
+        if result.cause == "timeout":
             sent = result.retransmits + 1
             text = (
                 f"no response from {where} ({transport}) after {result.duration:.2f} s, "
@@ -217,8 +221,8 @@ def _emit(state: int, text: str, _rtt: float | None, warn: Range | None, crit: R
     return state
 
 
-def _range(o: dict[str, str], short: str, long: str) -> Range | None:
-    text = o.get(short) or o.get(long)
+def _range(o: dict[str, str], short: str) -> Range | None:
+    text = o.get(short)
     return Range(text, f"-{short}") if text else None
 
 

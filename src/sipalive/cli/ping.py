@@ -253,7 +253,7 @@ class Prober:
             "retransmits": result.retransmits,
             "rtt_s": result.rtt_first,
             "rtt_last_s": result.rtt_last,
-            "cause": result.cause.value,
+            "cause": result.cause,
         }
         if result.response is not None:
             st.answered += 1
@@ -266,7 +266,7 @@ class Prober:
         else:
             st.failed += 1
             obj["error"] = result.error
-            if result.cause.value == "timeout":
+            if result.cause == "timeout":
                 text = (
                     f"no answer from {where} ({t.transport}): seq={seq} timeout after "
                     f"{result.duration:.3f} s, {result.retransmits + 1} transmission(s)"

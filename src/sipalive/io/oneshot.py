@@ -7,14 +7,14 @@ transaction at once as a transport error (RFC 3261 §8.1.3.1: 503), not after Ti
 
 from __future__ import annotations
 
+import _socket  # not ``socket``: its enum conversions cost milliseconds of start-up
 import os
-import socket
-from dataclasses import dataclass, field
 
 from sipalive import clock
 from sipalive.errors import ParseError
 from sipalive.sip.build import make_options
 from sipalive.sip.message import Response, parse_message
+from sipalive.sip.record import Record
 from sipalive.sip.transaction import (
     Cause,
     ClientTransaction,
@@ -26,21 +26,35 @@ from sipalive.sip.transaction import (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Destination:
-    transport: str  # udp | tcp | tls
-    address: str  # IP literal
+class Destination(Record):
+    """Where to probe: transport, IP literal, port, the name TLS verifies, the Request-URI."""
+
+    __slots__ = ("address", "host", "port", "transport", "uri")
+    transport: str
+    address: str
     port: int
-    host: str  # name for TLS SNI / verification
-    uri: str  # Request-URI
+    host: str
+    uri: str
+
+    def __init__(self, transport: str, address: str, port: int, host: str, uri: str) -> None:
+        self._set(transport=transport, address=address, port=port, host=host, uri=uri)
 
 
-@dataclass(slots=True)
-class OneShotResult:
+class OneShotResult(Record):
+    __slots__ = ("destination", "local", "phases", "result")
     destination: Destination
     result: TransactionResult
-    local: tuple[str, int] | None = None
-    phases: dict[str, float] = field(default_factory=dict)
+    local: tuple[str, int] | None
+    phases: dict[str, float]
+
+    def __init__(
+        self,
+        destination: Destination,
+        result: TransactionResult,
+        local: tuple[str, int] | None = None,
+        phases: dict[str, float] | None = None,
+    ) -> None:
+        self._set(destination=destination, result=result, local=local, phases=phases or {})
 
 
 def new_ids() -> tuple[str, str, str]:
@@ -49,7 +63,7 @@ def new_ids() -> tuple[str, str, str]:
     return "z9hG4bK" + raw[:16], raw[16:26], raw[26:] + "@sipalive"
 
 
-def _failed(start: float, now: float, status: int, cause: Cause, error: str) -> TransactionResult:
+def _failed(start: float, now: float, status: int, cause: str, error: str) -> TransactionResult:
     reason = "Request Timeout" if status == 408 else "Service Unavailable"
     return TransactionResult(status, reason, cause, None, start, now, 0, None, None, None, error)
 
@@ -63,12 +77,18 @@ def probe(
     ssl_context: object | None = None,
 ) -> OneShotResult:
     """Send one OPTIONS and wait for its final response, a timeout, or a transport error."""
-    family = socket.AF_INET6 if ":" in dest.address else socket.AF_INET
+    family = _socket.AF_INET6 if ":" in dest.address else _socket.AF_INET
     start = clock.monotonic()
     deadline = start + timers.give_up_after()
     phases: dict[str, float] = {}
     reliable = dest.transport != "udp"
-    sock = socket.socket(family, socket.SOCK_STREAM if reliable else socket.SOCK_DGRAM)
+    sock: _socket.socket
+    if dest.transport == "tls":
+        import socket  # ssl wraps only socket.socket objects
+
+        sock = socket.socket(family, _socket.SOCK_STREAM)
+    else:
+        sock = _socket.socket(family, _socket.SOCK_STREAM if reliable else _socket.SOCK_DGRAM)
     try:
         try:
             if reliable:
@@ -80,6 +100,7 @@ def probe(
                 import ssl
 
                 assert isinstance(ssl_context, ssl.SSLContext)
+                assert isinstance(sock, socket.socket)
                 t0 = clock.monotonic()
                 sock = ssl_context.wrap_socket(sock, server_hostname=dest.host)
                 phases["tls"] = clock.monotonic() - t0
@@ -118,7 +139,7 @@ def probe(
 
 
 def _run(
-    sock: socket.socket, txn: ClientTransaction, events: list[Event], reliable: bool
+    sock: _socket.socket, txn: ClientTransaction, events: list[Event], reliable: bool
 ) -> TransactionResult:
     framer = None
     if reliable:

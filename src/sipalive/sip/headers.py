@@ -6,9 +6,6 @@ name for look-up; the names as received are kept for serialisation.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-
 from sipalive.errors import ParseError
 from sipalive.sip.grammar import (
     MAX_CSEQ,
@@ -23,7 +20,12 @@ from sipalive.sip.grammar import (
     skip_ws,
     split_top_level,
 )
+from sipalive.sip.record import Record
 from sipalive.sip.uri import parse_host_port
+
+TYPE_CHECKING = False  # no ``typing`` import: this module is on sipalive check's start-up path
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
 
 # RFC 3261 §7.3.3 and the IANA SIP header registry's compact forms.
 COMPACT_FORMS = {
@@ -160,14 +162,23 @@ class Headers:
         return new
 
 
-@dataclass(frozen=True, slots=True)
-class Via:
+class Via(Record):
     """One Via value (RFC 3261 §20.42): ``SIP/2.0/UDP host:port;branch=...;rport``."""
 
+    __slots__ = ("host", "params", "port", "transport")
     transport: str  # upper case as sent, e.g. "UDP"
     host: str
     port: int | None
-    params: tuple[tuple[str, str | None], ...] = ()
+    params: tuple[tuple[str, str | None], ...]
+
+    def __init__(
+        self,
+        transport: str,
+        host: str,
+        port: int | None,
+        params: tuple[tuple[str, str | None], ...] = (),
+    ) -> None:
+        self._set(transport=transport, host=host, port=port, params=params)
 
     @property
     def branch(self) -> str | None:
@@ -236,10 +247,13 @@ def parse_vias(values: Iterable[str]) -> list[Via]:
     return vias
 
 
-@dataclass(frozen=True, slots=True)
-class CSeq:
+class CSeq(Record):
+    __slots__ = ("method", "seq")
     seq: int
     method: str
+
+    def __init__(self, seq: int, method: str) -> None:
+        self._set(seq=seq, method=method)
 
     def __str__(self) -> str:
         return f"{self.seq} {self.method}"
@@ -259,17 +273,26 @@ def parse_cseq(value: str) -> CSeq:
     return CSeq(int(significant), method)
 
 
-@dataclass(frozen=True, slots=True)
-class NameAddr:
+class NameAddr(Record):
     """From, To, Contact, Route values: ``[display-name] <uri> *(;param)`` or ``uri *(;param)``.
 
     ``uri`` is kept as text: To/From may use any scheme (RFC 4475 §3.3.3 unksm2).
     """
 
+    __slots__ = ("bracketed", "display", "params", "uri")
     display: str | None
     uri: str
-    params: tuple[tuple[str, str | None], ...] = ()
-    bracketed: bool = True
+    params: tuple[tuple[str, str | None], ...]
+    bracketed: bool
+
+    def __init__(
+        self,
+        display: str | None,
+        uri: str,
+        params: tuple[tuple[str, str | None], ...] = (),
+        bracketed: bool = True,
+    ) -> None:
+        self._set(display=display, uri=uri, params=params, bracketed=bracketed)
 
     @property
     def tag(self) -> str | None:

@@ -18,24 +18,32 @@ A reliable transport retransmits nothing and gives up at that same deadline.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from enum import Enum
-
 from sipalive.errors import ConfigError, LocalProtocolError
 from sipalive.sip.message import Request, Response
+from sipalive.sip.record import Record
 
 
-@dataclass(frozen=True, slots=True)
-class TimerConfig:
-    """RFC 3261 §17.1.2.2 / Table 4 timers, in seconds, with the RFC defaults."""
+class TimerConfig(Record):
+    """RFC 3261 §17.1.2.2 / Table 4 timers, in seconds, with the RFC defaults.
 
-    t1: float = 0.5
-    t2: float = 4.0
-    t4: float = 5.0
-    timeout: float | None = None  # Timer F; None means 64*T1
-    retransmits: int | None = None  # None: retransmit until Timer F
+    ``timeout`` is Timer F (None: 64*T1); ``retransmits`` None retransmits until Timer F."""
 
-    def __post_init__(self) -> None:
+    __slots__ = ("retransmits", "t1", "t2", "t4", "timeout")
+    t1: float
+    t2: float
+    t4: float
+    timeout: float | None
+    retransmits: int | None
+
+    def __init__(
+        self,
+        t1: float = 0.5,
+        t2: float = 4.0,
+        t4: float = 5.0,
+        timeout: float | None = None,
+        retransmits: int | None = None,
+    ) -> None:
+        self._set(t1=t1, t2=t2, t4=t4, timeout=timeout, retransmits=retransmits)
         for name in ("t1", "t2", "t4"):
             value = getattr(self, name)
             if not value > 0:
@@ -75,7 +83,12 @@ class TimerConfig:
         return min(self.timer_f, at + interval)
 
 
-class TransactionState(Enum):
+# States and causes are string constants, not Enums: ``enum`` (with functools and collections)
+# costs more start-up time than a whole ``sipalive check`` may take (STYLE: fast paths stay
+# lean). The strings are also what JSON output and logs show.
+
+
+class TransactionState:
     INITIAL = "initial"
     TRYING = "trying"
     PROCEEDING = "proceeding"
@@ -83,53 +96,97 @@ class TransactionState(Enum):
     TERMINATED = "terminated"
 
 
-class Cause(Enum):
+class Cause:
     RESPONSE = "response"
     TIMEOUT = "timeout"
     TRANSPORT_ERROR = "transport-error"
 
 
-@dataclass(frozen=True, slots=True)
-class TransactionResult:
+class TransactionResult(Record):
     """What the transaction user learns. ``status`` is 408 on timeout and 503 on a transport
-    error (RFC 3261 §8.1.3.1), then ``response`` is None."""
+    error (RFC 3261 §8.1.3.1), then ``response`` is None. ``rtt_first`` runs from the first
+    transmission to the final response, ``rtt_last`` from the last one (Karn: ambiguous when
+    ``retransmits`` > 0)."""
 
+    __slots__ = (
+        "cause",
+        "error",
+        "finished",
+        "provisional_rtt",
+        "reason",
+        "response",
+        "retransmits",
+        "rtt_first",
+        "rtt_last",
+        "started",
+        "status",
+    )  # fmt: skip
     status: int
     reason: str
-    cause: Cause
+    cause: str  # a Cause constant
     response: Response | None
     started: float
     finished: float
     retransmits: int
-    rtt_first: float | None  # from the first transmission to the final response
-    rtt_last: float | None  # from the last transmission (Karn: ambiguous when retransmits > 0)
-    provisional_rtt: float | None = None
-    error: str | None = None
+    rtt_first: float | None
+    rtt_last: float | None
+    provisional_rtt: float | None
+    error: str | None
+
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        cause: str,
+        response: Response | None,
+        started: float,
+        finished: float,
+        retransmits: int,
+        rtt_first: float | None,
+        rtt_last: float | None,
+        provisional_rtt: float | None = None,
+        error: str | None = None,
+    ) -> None:
+        self._set(
+            status=status, reason=reason, cause=cause, response=response, started=started,
+            finished=finished, retransmits=retransmits, rtt_first=rtt_first, rtt_last=rtt_last,
+            provisional_rtt=provisional_rtt, error=error,
+        )  # fmt: skip
 
     @property
     def duration(self) -> float:
         return self.finished - self.started
 
 
-@dataclass(frozen=True, slots=True)
-class Transmit:
+class Transmit(Record):
+    """Send ``data``; ``retransmission`` is 0 for the first transmission."""
+
+    __slots__ = ("data", "retransmission")
     data: bytes
-    retransmission: int  # 0 for the first transmission
+    retransmission: int
+
+    def __init__(self, data: bytes, retransmission: int) -> None:
+        self._set(data=data, retransmission=retransmission)
 
 
-@dataclass(frozen=True, slots=True)
-class Provisional:
+class Provisional(Record):
+    __slots__ = ("response",)
     response: Response
 
+    def __init__(self, response: Response) -> None:
+        self._set(response=response)
 
-@dataclass(frozen=True, slots=True)
-class Completed:
+
+class Completed(Record):
+    __slots__ = ("result",)
     result: TransactionResult
 
+    def __init__(self, result: TransactionResult) -> None:
+        self._set(result=result)
 
-@dataclass(frozen=True, slots=True)
-class Terminated:
-    pass
+
+class Terminated(Record):
+    __slots__ = ()
 
 
 Event = Transmit | Provisional | Completed | Terminated
@@ -149,7 +206,7 @@ class ClientTransaction:
         self.method = request.method
         self.reliable = reliable
         self.timers = timers
-        self.state = TransactionState.INITIAL
+        self.state: str = TransactionState.INITIAL
         self.result: TransactionResult | None = None
         self.retransmits = 0
         self._started = 0.0
@@ -168,7 +225,7 @@ class ClientTransaction:
         return response.branch == self.branch and response.cseq.method == self.method
 
     def start(self, now: float) -> list[Event]:
-        if self.state is not TransactionState.INITIAL:
+        if self.state != TransactionState.INITIAL:
             raise LocalProtocolError("transaction already started")
         self.state = TransactionState.TRYING
         self._started = self._last_sent = now
@@ -184,7 +241,7 @@ class ClientTransaction:
             if self._timer_e is not None and self._timer_e < self._deadline:
                 return self._timer_e
             return self._deadline
-        if self.state is TransactionState.COMPLETED:
+        if self.state == TransactionState.COMPLETED:
             return self._timer_k
         return None
 
@@ -200,7 +257,7 @@ class ClientTransaction:
                     return self._fail(now, 408, "Request Timeout", Cause.TIMEOUT, None)
                 self.retransmits += 1
                 self._last_sent = now
-                if self.state is TransactionState.PROCEEDING:
+                if self.state == TransactionState.PROCEEDING:
                     self._interval = self.timers.t2
                 else:
                     self._interval = min(2 * self._interval, self.timers.t2)
@@ -208,7 +265,7 @@ class ClientTransaction:
                 self._timer_e = max(self._timer_e + self._interval, now)
                 events.append(Transmit(self.data, self.retransmits))
         elif (
-            self.state is TransactionState.COMPLETED
+            self.state == TransactionState.COMPLETED
             and self._timer_k is not None
             and now >= self._timer_k
         ):
@@ -224,7 +281,7 @@ class ClientTransaction:
         if response.status < 200:
             if self._provisional_rtt is None:
                 self._provisional_rtt = now - self._started
-            if self.state is TransactionState.TRYING:
+            if self.state == TransactionState.TRYING:
                 self.state = TransactionState.PROCEEDING
                 if self._timer_e is not None:
                     # §17.1.2.2: in Proceeding, retransmit every T2
@@ -258,7 +315,7 @@ class ClientTransaction:
         return self._fail(now, 503, "Service Unavailable", Cause.TRANSPORT_ERROR, detail)
 
     def _fail(
-        self, now: float, status: int, reason: str, cause: Cause, error: str | None
+        self, now: float, status: int, reason: str, cause: str, error: str | None
     ) -> list[Event]:
         self.result = TransactionResult(
             status=status,

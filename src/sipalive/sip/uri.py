@@ -6,11 +6,9 @@ kept as opaque text by the header parsers; only ``parse_uri`` insists on sip/sip
 
 from __future__ import annotations
 
-import ipaddress
-from dataclasses import dataclass
-
 from sipalive.errors import ParseError
 from sipalive.sip.grammar import SCHEME_CHARS, format_params, param_value, parse_params
+from sipalive.sip.record import Record
 
 DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061, "ws": 80, "wss": 443}
 TRANSPORTS = ("udp", "tcp", "tls", "ws", "wss")
@@ -28,6 +26,8 @@ def uri_scheme(text: str) -> str | None:
 
 
 def _is_ip(host: str) -> bool:
+    import ipaddress
+
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -35,15 +35,30 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-@dataclass(frozen=True, slots=True)
-class SipUri:
+class SipUri(Record):
+    __slots__ = ("headers", "host", "params", "password", "port", "scheme", "user")
     scheme: str  # "sip" or "sips"
     user: str | None
     password: str | None
     host: str  # without brackets for IPv6
     port: int | None
-    params: tuple[tuple[str, str | None], ...] = ()
-    headers: str = ""  # the raw text after "?", escaped as received
+    params: tuple[tuple[str, str | None], ...]
+    headers: str  # the raw text after "?", escaped as received
+
+    def __init__(
+        self,
+        scheme: str,
+        user: str | None,
+        password: str | None,
+        host: str,
+        port: int | None,
+        params: tuple[tuple[str, str | None], ...] = (),
+        headers: str = "",
+    ) -> None:
+        self._set(
+            scheme=scheme, user=user, password=password, host=host, port=port, params=params,
+            headers=headers,
+        )  # fmt: skip
 
     @property
     def host_is_ip(self) -> bool:
@@ -89,6 +104,8 @@ def parse_host_port(text: str, what: str = "host") -> tuple[str, int | None]:
             raise ParseError(f"unterminated IPv6 reference in {what}")
         host = text[1:end]
         rest = text[end + 1 :]
+        import ipaddress
+
         try:
             ipaddress.IPv6Address(host)
         except ValueError as exc:
