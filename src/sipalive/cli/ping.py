@@ -33,6 +33,9 @@ from sipalive.sip.build import format_host, make_options
 from sipalive.sip.transaction import ClientTransaction, TimerConfig, TransactionResult
 from sipalive.sip.uri import SipUri
 
+_BRANCH_MARK = "z9hG4bK-sipalive-branch-mark"
+_CSEQ_MARK = 3141592653
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -143,6 +146,7 @@ class Prober:
         self.prefix = "z9hG4bK" + rnd[:12]
         self.from_tag = rnd[12:]
         self.call_id = os.urandom(8).hex() + "@sipalive"
+        self._parts: tuple[bytes, bytes, bytes] | None = None
 
     async def connect(self) -> None:
         uri = self.uri
@@ -213,26 +217,47 @@ class Prober:
         self.out.line(obj, text)
         return None
 
-    async def probe(self, seq: int) -> TransactionResult | None:
+    def _template(self) -> tuple[bytes, bytes, bytes]:
+        """The OPTIONS as three octet strings around its branch and CSeq number: built and
+        validated once by ``make_options``, then filled per probe with one join."""
+        if self._parts is None:
+            assert self.flow is not None
+            assert self.target is not None
+            sample = make_options(
+                self.request_uri(),
+                transport=self.target.transport,
+                local=self.flow.local,
+                branch=_BRANCH_MARK,
+                from_tag=self.from_tag,
+                call_id=self.call_id,
+                cseq=_CSEQ_MARK,
+                from_uri=self.args.from_uri,
+                user_agent=self.args.user_agent,
+            ).encode()
+            head, rest = sample.split(_BRANCH_MARK.encode(), 1)
+            middle, tail = rest.split(b"CSeq: %d " % _CSEQ_MARK, 1)
+            self._parts = (head, middle + b"CSeq: ", b" " + tail)
+        return self._parts
+
+    def start_probe(self, seq: int) -> asyncio.Future[TransactionResult]:
         assert self.flow is not None
         assert self.target is not None
         Prober._counter += 1
-        request = make_options(
-            self.request_uri(),
-            transport=self.target.transport,
-            local=self.flow.local,
-            branch=f"{self.prefix}{Prober._counter:x}",
-            from_tag=self.from_tag,
-            call_id=self.call_id,
-            cseq=seq,
-            from_uri=self.args.from_uri,
-            user_agent=self.args.user_agent,
-        )
-        txn = ClientTransaction(
-            request, reliable=self.target.transport != "udp", timers=self.timers
+        branch = f"{self.prefix}{Prober._counter:x}"
+        head, middle, tail = self._template()
+        data = b"".join((head, branch.encode(), middle, b"%d" % seq, tail))
+        txn = ClientTransaction.from_bytes(
+            data,
+            branch=branch,
+            method="OPTIONS",
+            reliable=self.target.transport != "udp",
+            timers=self.timers,
         )
         self.stats.sent += 1
-        result = await self.driver.start(txn, self.flow)
+        return self.driver.start(txn, self.flow)
+
+    async def probe(self, seq: int) -> TransactionResult | None:
+        result = await self.start_probe(seq)
         self.record(seq, result)
         return result
 
@@ -339,16 +364,20 @@ async def run_target(prober: Prober, count: int, interval: float, window: int) -
 
 
 async def _flood(prober: Prober, count: int, window: int) -> None:
+    """COUNT transactions, WINDOW in flight, chained by callbacks (no task per probe)."""
     done = asyncio.Event()
     state = {"started": 0, "finished": 0}
 
     def launch() -> None:
         state["started"] += 1
-        task = asyncio.ensure_future(prober.probe(state["started"]))
-        task.add_done_callback(finished)
+        seq = state["started"]
+        future = prober.start_probe(seq)
+        future.add_done_callback(lambda f: finished(seq, f))
 
-    def finished(_: asyncio.Future[TransactionResult | None]) -> None:
+    def finished(seq: int, future: asyncio.Future[TransactionResult]) -> None:
         state["finished"] += 1
+        if not future.cancelled():
+            prober.record(seq, future.result())
         if state["started"] < count:
             launch()
         elif state["finished"] >= count:

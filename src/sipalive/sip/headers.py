@@ -76,21 +76,47 @@ SINGLE_HEADERS = frozenset(
 )
 
 
+_KEYS: dict[str, str] = {}
+_WSP_SET = frozenset(" \t")
+_BARE_URI_STOP = frozenset(' \t"')
+
+
 def header_key(name: str) -> str:
-    """The look-up key of a header name: lower case, compact forms expanded."""
-    key = name.lower()
-    return COMPACT_FORMS.get(key, key)
+    """The look-up key of a header name: lower case, compact forms expanded (memoised; the
+    memo is bounded so that a peer inventing names cannot grow it without limit)."""
+    key = _KEYS.get(name)
+    if key is None:
+        key = name.lower()
+        key = COMPACT_FORMS.get(key, key)
+        if len(_KEYS) < 4096:
+            _KEYS[name] = key
+    return key
 
 
 class Headers:
     """An ordered list of (name, value) fields with case-insensitive, compact-aware look-up."""
 
-    __slots__ = ("_fields",)
+    __slots__ = ("_fields", "_index")
 
     def __init__(self, fields: Iterable[tuple[str, str]] = ()) -> None:
         self._fields: list[tuple[str, str, str]] = [
             (header_key(name), name, value) for name, value in fields
         ]
+        self._index: dict[str, list[str]] | None = None
+
+    def index(self) -> dict[str, list[str]]:
+        """Key -> the values of its fields, in order (built once, dropped on change)."""
+        idx = self._index
+        if idx is None:
+            idx = {}
+            for key, _, value in self._fields:
+                values = idx.get(key)
+                if values is None:
+                    idx[key] = [value]
+                else:
+                    values.append(value)
+            self._index = idx
+        return idx
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return ((name, value) for _, name, value in self._fields)
@@ -109,26 +135,21 @@ class Headers:
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
-        key = header_key(name)
-        return any(k == key for k, _, _ in self._fields)
+        return header_key(name) in self.index()
 
     def get(self, name: str) -> str | None:
         """The first field's value, or None."""
-        key = header_key(name)
-        for k, _, value in self._fields:
-            if k == key:
-                return value
-        return None
+        values = self.index().get(header_key(name))
+        return values[0] if values else None
 
     def get_fields(self, name: str) -> list[str]:
         """Every field line's value, not comma-split."""
-        key = header_key(name)
-        return [value for k, _, value in self._fields if k == key]
+        return list(self.index().get(header_key(name), ()))
 
     def get_all(self, name: str) -> list[str]:
         """Every value: fields in order, and for list headers each comma-separated value."""
         key = header_key(name)
-        values = [value for k, _, value in self._fields if k == key]
+        values = self.index().get(key, [])
         if key not in LIST_HEADERS:
             return values
         out: list[str] = []
@@ -138,13 +159,16 @@ class Headers:
 
     def add(self, name: str, value: str) -> None:
         self._fields.append((header_key(name), name, value))
+        self._index = None
 
     def prepend(self, name: str, value: str) -> None:
         self._fields.insert(0, (header_key(name), name, value))
+        self._index = None
 
     def set(self, name: str, value: str) -> None:
         """Replace every field of that name by one field (kept at the first one's place)."""
         key = header_key(name)
+        self._index = None
         for i, (k, _, _) in enumerate(self._fields):
             if k == key:
                 self._fields[i] = (key, name, value)
@@ -155,6 +179,7 @@ class Headers:
     def remove(self, name: str) -> None:
         key = header_key(name)
         self._fields = [f for f in self._fields if f[0] != key]
+        self._index = None
 
     def copy(self) -> Headers:
         new = Headers()
@@ -336,14 +361,14 @@ def parse_name_addr(value: str, what: str = "name-addr") -> NameAddr:
         if end < 0:
             raise ParseError(f"unterminated <uri> in {what}")
         uri = text[pos + 1 : end].strip(WSP)
-        if not uri or any(c in WSP for c in uri):
+        if not uri or not _WSP_SET.isdisjoint(uri):
             raise ParseError(f"bad URI in {what}: {uri!r}")
         params = parse_params(text[end + 1 :], what)
         return NameAddr(display, uri, params, True)
     # addr-spec without brackets: parameters after ";" belong to the header (RFC 3261 §20.10)
     semi = text.find(";")
     uri = (text if semi < 0 else text[:semi]).strip(WSP)
-    if not uri or any(c in ' \t"' for c in uri) or ":" not in uri:
+    if not uri or not _BARE_URI_STOP.isdisjoint(uri) or ":" not in uri:
         raise ParseError(f"bad URI in {what}: {uri!r}")
     params = parse_params(text[semi:], what) if semi >= 0 else ()
     return NameAddr(None, uri, params, False)

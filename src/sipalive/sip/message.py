@@ -24,6 +24,8 @@ from sipalive.sip.headers import (
 from sipalive.sip.uri import uri_scheme
 
 SIP_VERSION = "SIP/2.0"
+_REQUIRED = ("Via", "From", "To", "Call-ID", "CSeq")
+_URI_STOP = frozenset(" \t\r\n")
 DEFAULT_MAX_MESSAGE = 65536
 CRLF = b"\r\n"
 _ENCODING = "utf-8"
@@ -47,33 +49,35 @@ class Message:
     max_forwards: int | None
 
     def _validate(self) -> None:
-        h = self.headers
+        idx = self.headers.index()
         for key in SINGLE_HEADERS:
-            if len(h.get_fields(key)) > 1:
+            values = idx.get(key)
+            if values is not None and len(values) > 1:
                 raise ParseError(f"more than one {key} header")
-        missing = [name for name in ("Via", "From", "To", "Call-ID", "CSeq") if name not in h]
+        missing = [name for name in _REQUIRED if name.lower() not in idx]
         if missing:
             raise ParseError("missing " + ", ".join(missing))
-        self.vias = parse_vias(h.get_fields("via"))
-        self.cseq = parse_cseq(h.get("cseq") or "")
-        call_id = (h.get("call-id") or "").strip()
-        if not call_id or any(c in " \t" for c in call_id):
+        self.vias = parse_vias(idx["via"])
+        self.cseq = parse_cseq(idx["cseq"][0])
+        call_id = idx["call-id"][0].strip()
+        if not call_id or " " in call_id or "\t" in call_id:
             raise ParseError(f"bad Call-ID: {call_id!r}")
         self.call_id = call_id
-        self.from_ = parse_name_addr(h.get("from") or "", "From")
-        self.to = parse_name_addr(h.get("to") or "", "To")
-        mf = h.get("max-forwards")
-        if mf is None:
+        self.from_ = parse_name_addr(idx["from"][0], "From")
+        self.to = parse_name_addr(idx["to"][0], "To")
+        mf_values = idx.get("max-forwards")
+        if mf_values is None:
             self.max_forwards = None
         else:
+            mf = mf_values[0]
             mf = mf.strip()
             if not is_digits(mf):
                 raise ParseError(f"bad Max-Forwards: {mf!r}")
             # RFC 4475 §3.1.2.5: an overlarge value is not an error; cap it
             self.max_forwards = min(int(mf[-6:]), 999999) if len(mf) <= 6 else 999999
-        cl = h.get("content-length")
+        cl = idx.get("content-length")
         if cl is not None:
-            _content_length(cl)
+            _content_length(cl[0])
 
     @property
     def branch(self) -> str | None:
@@ -90,11 +94,15 @@ class Message:
 class Request(Message):
     __slots__ = ("method", "uri")
 
-    def __init__(self, method: str, uri: str, headers: Headers, body: bytes = b"") -> None:
-        if not is_token(method):
-            raise ParseError(f"bad method {method!r}")
-        if uri_scheme(uri) is None or any(c in " \t\r\n" for c in uri):
-            raise ParseError(f"bad Request-URI {uri!r}")
+    def __init__(
+        self, method: str, uri: str, headers: Headers, body: bytes = b"", *, checked: bool = False
+    ) -> None:
+        """``checked``: the parser has already validated the method and Request-URI."""
+        if not checked:
+            if not is_token(method):
+                raise ParseError(f"bad method {method!r}")
+            if uri_scheme(uri) is None or not _URI_STOP.isdisjoint(uri):
+                raise ParseError(f"bad Request-URI {uri!r}")
         self.method = method
         self.uri = uri
         self.headers = headers
@@ -157,7 +165,7 @@ class Head:
         headers = Headers(self.fields)
         if self.start[0].upper().startswith("SIP/"):
             return Response(int(self.start[1]), self.start[2], headers, body)
-        return Request(self.start[0], self.start[1], headers, body)
+        return Request(self.start[0], self.start[1], headers, body, checked=True)
 
 
 def parse_head(head: bytes) -> Head:
@@ -217,7 +225,7 @@ def _parse_start_line(line: str) -> list[str]:
     method, uri, version = parts
     if not is_token(method):
         raise ParseError(f"bad method {method[:40]!r}")
-    if uri_scheme(uri) is None or "\t" in uri:
+    if uri_scheme(uri) is None or not _URI_STOP.isdisjoint(uri):
         raise ParseError(f"bad Request-URI {uri[:60]!r}")
     _check_version(version, "Request-Line")
     return parts

@@ -16,7 +16,7 @@ from enum import Enum
 
 from sipalive.errors import ParseError
 from sipalive.sip.grammar import format_params, split_top_level
-from sipalive.sip.headers import Headers, header_key
+from sipalive.sip.headers import header_key
 from sipalive.sip.message import DEFAULT_MAX_MESSAGE, Request, Response, parse_message
 from sipalive.sip.uri import uri_scheme
 from sipalive.stun import codec as stun
@@ -88,6 +88,8 @@ class StatelessResponder:
         allow = ", ".join(dict.fromkeys((*self.config.allow, "OPTIONS")))
         self._allow = allow
         self._allowed = frozenset(m.upper() for m in self.config.allow) | {"OPTIONS"}
+        server = f"Server: {self.config.server}\r\n" if self.config.server else ""
+        self._trailer = f"{server}Content-Length: 0\r\n\r\n"
 
     # -- entry points ---------------------------------------------------------------------
 
@@ -187,7 +189,9 @@ class StatelessResponder:
         extra: list[tuple[str, str]],
         reason: str | None = None,
     ) -> Reply:
-        fields: list[tuple[str, str]] = []
+        # Built as text, not as a Response: every piece is either copied from a request that
+        # parsed or made here, so validating it again would only cost time (tests parse it).
+        lines = [f"SIP/2.0 {status} {reason or REASONS.get(status, '')}"]
         via_fields = req.headers.get_fields("via")
         addr = source
         top = req.vias[0]
@@ -204,28 +208,27 @@ class StatelessResponder:
             host = f"[{top.host}]" if ":" in top.host else top.host
             sent_by = host if top.port is None else f"{host}:{top.port}"
             first = f"SIP/2.0/{top.transport} {sent_by}{format_params(tuple(new))}"
-            rest = split_top_level(via_fields[0])[1:]
-            fields.append(("Via", ", ".join([first, *rest])))
-            fields.extend(("Via", v) for v in via_fields[1:])
+            rest = split_top_level(via_fields[0])[1:] if "," in via_fields[0] else ()
+            lines.append("Via: " + ", ".join([first, *rest]))
+            lines.extend("Via: " + v for v in via_fields[1:])
         else:
-            fields.extend(("Via", v) for v in via_fields)
+            lines.extend("Via: " + v for v in via_fields)
         for name, value in req.headers:
             key = header_key(name)
-            if key in ("from", "call-id", "cseq"):
-                fields.append((name, value))
+            if key in _COPIED:
+                lines.append(f"{name}: {value}")
             elif key == "to":
                 if req.to.tag is None and status > 100:
                     value = f"{value};tag={self._to_tag(req)}"
-                fields.append((name, value))
-        fields.extend(extra)
-        if self.config.server:
-            fields.append(("Server", self.config.server))
-        fields.append(("Content-Length", "0"))
-        response = Response(status, reason or REASONS.get(status, ""), Headers(fields))
-        return Reply(response.encode(), addr, ReplyKind.SIP, status=status, method=req.method)
+                lines.append(f"{name}: {value}")
+        lines.extend(f"{name}: {value}" for name, value in extra)
+        lines.append(self._trailer)
+        data = "\r\n".join(lines).encode("utf-8", "surrogateescape")
+        return Reply(data, addr, ReplyKind.SIP, status=status, method=req.method)
 
 
 _SALVAGE = ("via", "from", "to", "call-id", "cseq")
+_COPIED = frozenset(("from", "call-id", "cseq"))
 
 
 def _salvage(data: bytes) -> list[tuple[str, str]] | None:

@@ -196,14 +196,28 @@ class ClientTransaction:
     """A non-INVITE client transaction. Feed it time, responses and transport errors."""
 
     def __init__(self, request: Request, *, reliable: bool, timers: TimerConfig) -> None:
-        if request.method in ("INVITE", "ACK"):
-            raise LocalProtocolError(f"{request.method} is not a non-INVITE transaction")
-        if not request.branch:
+        self._setup(request.encode(), request.branch or "", request.method, reliable, timers)
+
+    @classmethod
+    def from_bytes(
+        cls, data: bytes, *, branch: str, method: str, reliable: bool, timers: TimerConfig
+    ) -> ClientTransaction:
+        """For a request the caller encoded itself (a template filled per probe): ``branch``
+        and ``method`` must be those of ``data``'s top Via and CSeq."""
+        txn = cls.__new__(cls)
+        txn._setup(data, branch, method, reliable, timers)
+        return txn
+
+    def _setup(
+        self, data: bytes, branch: str, method: str, reliable: bool, timers: TimerConfig
+    ) -> None:
+        if method in ("INVITE", "ACK"):
+            raise LocalProtocolError(f"{method} is not a non-INVITE transaction")
+        if not branch:
             raise LocalProtocolError("request has no Via branch")
-        self.request = request
-        self.data = request.encode()
-        self.branch = request.branch
-        self.method = request.method
+        self.data = data
+        self.branch = branch
+        self.method = method
         self.reliable = reliable
         self.timers = timers
         self.state: str = TransactionState.INITIAL

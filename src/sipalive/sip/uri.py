@@ -118,12 +118,15 @@ def parse_host_port(text: str, what: str = "host") -> tuple[str, int | None]:
     host, sep, port_text = text.partition(":")
     if sep:
         port = _port(port_text, what)
-    if not host or any(c not in _HOST_CHARS for c in host):
+    if not host or not _HOST_CHARS.issuperset(host):
         raise ParseError(f"bad {what}: {text!r}")
     return host, port
 
 
 _HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._")
+
+
+_URI_STOP = frozenset(' \t\r\n<>"')
 
 
 def _port(text: str, what: str) -> int:
@@ -158,7 +161,7 @@ def parse_uri(text: str) -> SipUri:
         password = pw if sep else None
         if not user:
             raise ParseError(f"empty user part in {text!r}")
-    if any(c in ' \t\r\n<>"' for c in rest):
+    if not _URI_STOP.isdisjoint(rest):
         raise ParseError(f"bad character in URI {text!r}")
     hostport, _, param_text = rest.partition(";")
     host, port = parse_host_port(hostport, "URI host")
