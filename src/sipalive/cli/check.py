@@ -208,7 +208,8 @@ def _check(argv: list[str]) -> int:
     lines = [f"SIP {STATE_NAMES[state]} - {text} | {perf}"]
     if verbose:
         phases = " ".join(f"{k}={v * 1000:.3f}ms" for k, v in outcome.phases.items())
-        lines.append(f"phases: {phases or 'none'}; local {outcome.local}")
+        local = f"{format_host(outcome.local[0])}:{outcome.local[1]}" if outcome.local else "-"
+        lines.append(f"phases: {phases or 'none'}; local {local}")
         if result.response is not None:
             lines.extend(f"{n}: {v}" for n, v in result.response.headers)
     sys.stdout.write("\n".join(lines) + "\n")

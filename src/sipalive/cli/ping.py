@@ -76,6 +76,7 @@ class Stats:
     sent: int = 0
     answered: int = 0
     failed: int = 0
+    retransmits: int = 0
     rtts: list[float] = field(default_factory=list)
     codes: dict[int, int] = field(default_factory=dict)
     elapsed: float = 0.0
@@ -90,6 +91,7 @@ class Stats:
             "answered": self.answered,
             "loss_pct": round(loss, 3),
             "codes": {str(k): v for k, v in sorted(self.codes.items())},
+            "retransmits": self.retransmits,
             "elapsed_s": round(self.elapsed, 6),
         }
         if self.rtts:
@@ -269,6 +271,7 @@ class Prober:
     def record(self, seq: int, result: TransactionResult) -> None:
         st = self.stats
         st.codes[result.status] = st.codes.get(result.status, 0) + 1
+        st.retransmits += result.retransmits
         assert self.target is not None
         t = self.target
         where = f"{format_host(t.address)}:{t.port}"
@@ -325,7 +328,10 @@ class Prober:
             s["failures"] = self.stats.sent - sum(
                 v for k, v in self.stats.codes.items() if 200 <= k < 300
             )
-            lines.append(f"flood: {rate:.0f} transactions/s, {s['failures']} failures")
+            lines.append(
+                f"flood: {rate:.0f} transactions/s, {s['failures']} failures, "
+                f"{self.stats.retransmits} retransmissions"
+            )
         if self.stats.error:
             lines.append(f"error: {self.stats.error}")
         self.out.line(s, "\n".join(lines))
