@@ -25,6 +25,10 @@ from sipalive.sip.transaction import (
     Transmit,
 )
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from sipalive.sip.framing import StreamFramer
+
 
 class Destination(Record):
     """Where to probe: transport, IP literal, port, the name TLS verifies, the Request-URI."""
@@ -129,8 +133,13 @@ def probe(
             user_agent=ua,
         )
         txn = ClientTransaction(request, reliable=reliable, timers=timers)
+        framer = None
+        if reliable:  # imported before the clock starts: its import is not network time
+            from sipalive.sip.framing import Role, StreamFramer
+
+            framer = StreamFramer(Role.CLIENT)
         sent_at = clock.monotonic()
-        result = _run(sock, txn, txn.start(sent_at), reliable)
+        result = _run(sock, txn, txn.start(sent_at), framer)
         if result.response is not None:
             phases["response"] = result.finished - sent_at
         return OneShotResult(dest, result, (local[0], local[1]), phases)
@@ -139,13 +148,8 @@ def probe(
 
 
 def _run(
-    sock: _socket.socket, txn: ClientTransaction, events: list[Event], reliable: bool
+    sock: _socket.socket, txn: ClientTransaction, events: list[Event], framer: StreamFramer | None
 ) -> TransactionResult:
-    framer = None
-    if reliable:
-        from sipalive.sip.framing import MessageReceived, Role, StreamFramer
-
-        framer = StreamFramer(Role.CLIENT)
     while True:
         for event in events:
             if isinstance(event, Transmit):
@@ -188,6 +192,8 @@ def _run(
             except ParseError as exc:
                 events = txn.transport_error(now, f"malformed stream: {exc.reason}")
                 continue
+            from sipalive.sip.framing import MessageReceived
+
             for ev in stream_events:
                 msg = ev.message if isinstance(ev, MessageReceived) else None
                 if isinstance(msg, Response) and txn.matches(msg):
