@@ -23,6 +23,7 @@ venv: $(VENV)/.deps
 # at every run (the environment sets PYTHONDONTWRITEBYTECODE=1).
 install: venv
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation --force-reinstall .
+	$(BIN)/python -m sipalive.cli.launcher $(BIN) >/dev/null
 
 # Real peers (SIPp, sipsak, Kamailio + TLS, baresip, tshark, hyperfine, iptables, conntrack).
 peers:
