@@ -32,6 +32,13 @@ class Flow(Protocol):
     def send(self, data: bytes) -> None: ...
 
 
+def _accepts(flow: Flow, source: tuple[str, int]) -> bool:
+    """A flow on a shared socket says whether a response may come from ``source``; a
+    connected socket or a stream only ever receives from its peer."""
+    accepts = getattr(flow, "accepts", None)
+    return True if accepts is None else bool(accepts(source))
+
+
 class _Pending:
     __slots__ = ("flow", "future", "on_provisional", "txn")
 
@@ -73,11 +80,12 @@ class TransactionDriver:
         self._apply(pending, txn.start(clock.monotonic()))
         return future
 
-    def on_response(self, response: Response) -> bool:
-        """Hand a parsed response to its transaction; False if none matches."""
+    def on_response(self, response: Response, source: tuple[str, int] | None = None) -> bool:
+        """Hand a parsed response to its transaction; False if none matches (wrong branch, or
+        from another address than the request went to)."""
         branch = response.branch
         pending = self._pending.get((branch or "", response.cseq.method))
-        if pending is None:
+        if pending is None or (source is not None and not _accepts(pending.flow, source)):
             self.unmatched += 1
             return False
         self._apply(pending, pending.txn.receive_response(response, clock.monotonic()))
@@ -88,6 +96,16 @@ class TransactionDriver:
         now = clock.monotonic()
         for pending in [p for p in self._pending.values() if p.flow is flow]:
             self._apply(pending, pending.txn.transport_error(now, detail))
+
+    def on_transport_error_for(
+        self, branch: str, method: str, dest: tuple[str, int], detail: str
+    ) -> bool:
+        """An ICMP error for our datagram (``method`` with this ``branch``) sent to ``dest``."""
+        pending = self._pending.get((branch, method))
+        if pending is None or not _accepts(pending.flow, dest):
+            return False
+        self._apply(pending, pending.txn.transport_error(clock.monotonic(), detail))
+        return True
 
     def cancel_all(self, detail: str = "cancelled") -> None:
         now = clock.monotonic()

@@ -1,0 +1,83 @@
+"""The monitor's shared UDP endpoint: dispatch by branch, spoof resistance, ICMP attribution."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from realpeers import free_port
+from sipalive.io.driver import TransactionDriver
+from sipalive.io.udpshared import branch_of, open_shared_udp
+from sipalive.sip.build import make_options
+from sipalive.sip.message import Request, parse_message
+from sipalive.sip.responder import StatelessResponder
+from sipalive.sip.transaction import Cause, ClientTransaction, TimerConfig
+
+
+def _request(endpoint_port: int, n: int) -> Request:
+    return make_options(
+        "sip:ping@127.0.0.1", transport="udp", local=("127.0.0.1", endpoint_port),
+        branch=f"z9hG4bKshared{n}", from_tag="t", call_id=f"c{n}",
+    )  # fmt: skip
+
+
+def test_branch_of() -> None:
+    data = _request(5060, 7).encode()
+    assert branch_of(data) == "z9hG4bKshared7"
+    assert branch_of(b"no via") is None
+
+
+async def _scenario() -> None:
+    driver = TransactionDriver()
+    endpoint = await open_shared_udp(driver, "127.0.0.1")
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    peer.setblocking(False)
+    spoofer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    spoofer.bind(("127.0.0.1", 0))
+    loop = asyncio.get_running_loop()
+    try:
+        timers = TimerConfig(t1=0.05, retransmits=1)
+        peer_addr = peer.getsockname()
+        # 1. the right answer from the right address completes the transaction
+        req = _request(endpoint.local[1], 1)
+        fut = driver.start(
+            ClientTransaction(req, reliable=False, timers=timers), endpoint.flow(peer_addr)
+        )
+        data, src = await loop.sock_recvfrom(peer, 65536)
+        reply = StatelessResponder().handle_datagram(data, src)
+        assert reply is not None
+        # 2. the same answer from another address (spoofed) is ignored first
+        spoofer.sendto(reply.data, endpoint.local)
+        await asyncio.sleep(0.01)
+        assert not fut.done()
+        assert endpoint.spoofed == 1
+        peer.sendto(reply.data, endpoint.local)
+        result = await asyncio.wait_for(fut, 2)
+        assert result.status == 200
+        # 3. a wrong branch from the right address matches nothing
+        bogus = parse_message(reply.data.replace(b"z9hG4bKshared1", b"z9hG4bKnobody"))
+        assert not driver.on_response(bogus, peer_addr)  # type: ignore[arg-type]
+        # 4. a closed port: ICMP port unreachable fails that transaction at once
+        closed = ("127.0.0.1", free_port("udp"))
+        req2 = _request(endpoint.local[1], 2)
+        t0 = loop.time()
+        fut2 = driver.start(
+            ClientTransaction(req2, reliable=False, timers=TimerConfig(t1=1.0)),
+            endpoint.flow(closed),
+        )
+        result2 = await asyncio.wait_for(fut2, 2)
+        assert (result2.status, result2.cause) == (503, Cause.TRANSPORT_ERROR)
+        assert result2.error == "ICMP port unreachable"
+        assert loop.time() - t0 < 0.5  # not Timer F (64 s)
+        assert endpoint.icmp_errors >= 1
+    finally:
+        peer.close()
+        spoofer.close()
+        assert endpoint.transport is not None
+        endpoint.transport.close()
+        await asyncio.sleep(0)
+
+
+def test_shared_endpoint() -> None:
+    asyncio.run(_scenario())
