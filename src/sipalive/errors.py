@@ -8,7 +8,8 @@ Every error says whose fault it is, and a remote protocol error says what to ans
     ├── LocalProtocolError       the caller misused an API (a bug on our side, or bad arguments)
     ├── ConfigError              bad configuration or command-line value; names file, key, reason
     ├── ResolveError             RFC 3263 resolution found no usable target
-    └── TransportError           a socket-level failure (refused, unreachable, reset, TLS)
+    ├── TransportError           a socket-level failure (refused, unreachable, reset, TLS)
+    └── DeliveryError            an event could not be delivered to a sink (webhook, exec)
 
 Pure packages (``sip``, ``stun``, ``keepalive``, ``qualify``) raise only these.
 """
@@ -59,3 +60,7 @@ class ResolveError(SipaliveError):
 
 class TransportError(SipaliveError):
     """A transport-level failure: connection refused, ICMP unreachable, reset, TLS failure."""
+
+
+class DeliveryError(SipaliveError):
+    """An event sink (webhook, exec hook) failed; the event stays in the outbox for a retry."""

@@ -8,6 +8,7 @@ COMMANDS = {
     "ping": "sipalive.cli.ping",
     "check": "sipalive.cli.check",
     "respond": "sipalive.cli.respond",
+    "import": "sipalive.cli.importcmd",
 }
 
 USAGE = """\
@@ -17,6 +18,7 @@ commands:
   ping      probe SIP peers with OPTIONS, like ping/fping (also --flood)
   check     one probe as a Nagios/Icinga plugin (exit 0/1/2/3)
   respond   answer OPTIONS, CRLF keep-alive pings and STUN binding requests
+  import    write a monitor target file from Asterisk pjsip.conf or Kamailio dispatcher.list
 
 'sipalive COMMAND --help' for a command's options.
 """
