@@ -1,0 +1,101 @@
+"""What the HTTP layer reads from the monitor engine (and what tests fake).
+
+The engine implements ``MonitorView``; the HTTP code never touches engine internals. Times are
+wall-clock epoch seconds (floats); RTTs are seconds. State names are the Contract's lower-case
+strings: unknown, reachable, lagged, unreachable, nonqualified.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+STATES = ("unknown", "reachable", "lagged", "unreachable", "nonqualified")
+
+
+@dataclass(frozen=True, slots=True)
+class TargetView:
+    name: str
+    uri: str
+    group: str | None
+    transport: str | None  # "udp" | "tcp" | "tls" | "ws" | "wss" or None (RFC 3263 decides)
+    state: str  # one of STATES
+    since: float  # time of the last transition (or of the first load)
+    rtt_s: float | None  # last RTT
+    srtt_s: float | None
+    rttvar_s: float | None
+    rtt_min_s: float | None
+    rtt_max_s: float | None
+    rtt_p50_s: float | None
+    rtt_p90_s: float | None
+    rtt_p99_s: float | None
+    probes: int
+    successes: int
+    failures: int
+    timeouts: int
+    transport_errors: int
+    last_status: int | None  # status of the last final response (or 408/503 synthetic)
+    last_error: str | None
+    last_probe_at: float | None
+    qualify_frequency: float
+    recent_rtts: tuple[float, ...] = ()  # last samples, oldest first, for a sparkline
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionView:
+    id: int | None
+    target: str
+    at: float
+    from_state: str
+    to_state: str
+    cause: str
+    rtt_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class RttMinuteView:
+    minute_start: float
+    count: int
+    min_s: float
+    max_s: float
+    mean_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeReport:
+    """One on-demand probe (blackbox_exporter style)."""
+
+    success: bool
+    duration_s: float
+    status: int | None
+    reason: str
+    phases: dict[str, float] = field(default_factory=dict)  # resolve, connect, tls, response
+    error: str | None = None
+    transport: str | None = None
+    address: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    targets: int
+    in_flight: int
+    probes_total: dict[str, int]  # by result: "success", "failure", "timeout", "transport_error"
+    scheduler_lag_p99_s: float | None
+    started_at: float
+
+
+class MonitorView(Protocol):
+    def targets(self) -> Sequence[TargetView]: ...
+
+    def target(self, name: str) -> TargetView | None: ...
+
+    def history(self, name: str, limit: int = 1000) -> list[TransitionView]: ...
+
+    def events(self, after_id: int = 0, limit: int = 100) -> list[TransitionView]: ...
+
+    def rtt_series(self, name: str, since: float, until: float) -> list[RttMinuteView]: ...
+
+    def stats(self) -> EngineStats: ...
+
+    async def probe(self, uri: str, module: str | None, timeout: float) -> ProbeReport: ...
