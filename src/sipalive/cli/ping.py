@@ -29,13 +29,9 @@ from sipalive.io.driver import TransactionDriver
 from sipalive.io.flows import StreamFlow, UdpFlow, open_stream, open_udp
 from sipalive.io.resolver import Target, resolve
 from sipalive.io.tlsctx import TlsOptions, client_context
-from sipalive.sip.build import format_host, make_options
+from sipalive.sip.build import OptionsTemplate, format_host
 from sipalive.sip.transaction import ClientTransaction, TimerConfig, TransactionResult
 from sipalive.sip.uri import SipUri
-
-_BRANCH_MARK = "z9hG4bK-sipalive-branch-mark"
-_CSEQ_MARK = 3141592653
-_CALL_ID_MARK = "sipalive-call-id-mark"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,7 +145,7 @@ class Prober:
         self.prefix = "z9hG4bK" + rnd[:12]
         self.from_tag = rnd[12:]
         self.call_id = os.urandom(8).hex() + "@sipalive"
-        self._parts: tuple[bytes, bytes, bytes, bytes] | None = None
+        self._options: OptionsTemplate | None = None
 
     async def connect(self) -> None:
         uri = self.uri
@@ -220,39 +216,26 @@ class Prober:
         self.out.line(obj, text)
         return None
 
-    def _template(self) -> tuple[bytes, bytes, bytes, bytes]:
-        """The OPTIONS as octet strings around its branch, Call-ID and CSeq number: built and
-        validated once by ``make_options``, then filled per probe with one join. Each probe
-        is its own dialog-less request with a new Call-ID, as Asterisk's qualify and sipsak
-        send them: a peer such as SIPp ignores a second request in an ended "call"."""
-        if self._parts is None:
+    def _template(self) -> OptionsTemplate:
+        if self._options is None:
             assert self.flow is not None
             assert self.target is not None
-            sample = make_options(
+            self._options = OptionsTemplate(
                 self.request_uri(),
                 transport=self.target.transport,
                 local=self.flow.local,
-                branch=_BRANCH_MARK,
                 from_tag=self.from_tag,
-                call_id=_CALL_ID_MARK,
-                cseq=_CSEQ_MARK,
                 from_uri=self.args.from_uri,
                 user_agent=self.args.user_agent,
-            ).encode()
-            head, rest = sample.split(_BRANCH_MARK.encode(), 1)
-            middle, rest = rest.split(_CALL_ID_MARK.encode(), 1)
-            middle2, tail = rest.split(b"CSeq: %d " % _CSEQ_MARK, 1)
-            self._parts = (head, middle, middle2 + b"CSeq: ", b" " + tail)
-        return self._parts
+            )
+        return self._options
 
     def start_probe(self, seq: int) -> asyncio.Future[TransactionResult]:
         assert self.flow is not None
         assert self.target is not None
         Prober._counter += 1
         branch = f"{self.prefix}{Prober._counter:x}"
-        head, middle, middle2, tail = self._template()
-        call_id = b"%x-%s" % (Prober._counter, self.call_id.encode())
-        data = b"".join((head, branch.encode(), middle, call_id, middle2, b"%d" % seq, tail))
+        data = self._template().fill(branch, f"{Prober._counter:x}-{self.call_id}", seq)
         txn = ClientTransaction.from_bytes(
             data,
             branch=branch,

@@ -80,3 +80,51 @@ def make_options(
         user_agent=user_agent,
         extra=[("Accept", "application/sdp")],
     )
+
+
+_BRANCH_MARK = "z9hG4bK-sipalive-branch-mark"
+_CALL_ID_MARK = "sipalive-call-id-mark"
+_CSEQ_MARK = 3141592653
+
+
+class OptionsTemplate:
+    """An OPTIONS probe as octet strings around its branch, Call-ID and CSeq number.
+
+    Built and validated once by ``make_options``; each probe is then one ``join``. Each probe
+    is its own request outside any dialog with a new Call-ID, as Asterisk's qualify and sipsak
+    send them: a peer such as SIPp ignores a second request in an ended "call".
+    """
+
+    __slots__ = ("_parts",)
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        transport: str,
+        local: tuple[str, int],
+        from_tag: str,
+        from_uri: str | None = None,
+        user_agent: str | None = USER_AGENT,
+    ) -> None:
+        sample = make_options(
+            uri,
+            transport=transport,
+            local=local,
+            branch=_BRANCH_MARK,
+            from_tag=from_tag,
+            call_id=_CALL_ID_MARK,
+            cseq=_CSEQ_MARK,
+            from_uri=from_uri,
+            user_agent=user_agent,
+        ).encode()
+        head, rest = sample.split(_BRANCH_MARK.encode(), 1)
+        middle, rest = rest.split(_CALL_ID_MARK.encode(), 1)
+        middle2, tail = rest.split(b"CSeq: %d " % _CSEQ_MARK, 1)
+        self._parts = (head, middle, middle2 + b"CSeq: ", b" " + tail)
+
+    def fill(self, branch: str, call_id: str, cseq: int) -> bytes:
+        head, middle, middle2, tail = self._parts
+        return b"".join(
+            (head, branch.encode(), middle, call_id.encode(), middle2, b"%d" % cseq, tail)
+        )
