@@ -1,0 +1,801 @@
+"""The qualify engine: continuous OPTIONS qualify of many targets, keep-alives per transport.
+
+Shape (STYLE habit 8): ONE scheduler heap for every target's next probe, ONE TimerWheel for
+every keep-alive machine, ONE TransactionDriver for every transaction, ONE UDP socket per
+address family with branch-keyed dispatch; a bounded number of probes in flight. A target
+costs a few objects, never a task or a timer of its own: a task exists only for a probe that
+must first resolve a name or open a connection, and those are bounded by the in-flight limit.
+
+A probe's ``qualify_timeout`` covers everything (DNS, connect, TLS, the transaction). Results
+go through the target's hysteresis machine; a transition is published as an event (stored in
+the history and the outbox in one transaction, then delivered) and the target's row is
+written back, so a restart resumes state, counters and history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+import ssl
+from collections.abc import Callable, Sequence
+
+from sipalive import clock
+from sipalive.config import MonitorConfig, Target, TargetSettings
+from sipalive.errors import ParseError, ResolveError, TransportError
+from sipalive.events import Event, EventDispatcher
+from sipalive.http.view import EngineStats, ProbeReport, RttMinuteView, TargetView, TransitionView
+from sipalive.io.driver import TransactionDriver
+from sipalive.io.flows import StreamFlow, open_stream
+from sipalive.io.resolver import Target as Resolved
+from sipalive.io.resolver import resolve
+from sipalive.io.timers import TimerWheel
+from sipalive.io.tlsctx import TlsOptions, client_context
+from sipalive.io.udpshared import PeerFlow, SharedUdpEndpoint, open_shared_udp
+from sipalive.keepalive import crlf as crlf_ka
+from sipalive.keepalive import stun as stun_ka
+from sipalive.qualify.history import Ring
+from sipalive.qualify.schedule import Scheduler
+from sipalive.qualify.state import QualifyCounters, QualifySettings, QualifyState, Transition
+from sipalive.qualify.target import QualifyTarget
+from sipalive.sip import digest
+from sipalive.sip.build import OptionsTemplate, make_request
+from sipalive.sip.transaction import (
+    Cause,
+    ClientTransaction,
+    TimerConfig,
+    TransactionResult,
+)
+from sipalive.sip.uri import parse_uri
+from sipalive.store.sqlite import Store, StoreWriter, TargetRow, TransitionRow
+from sipalive.stun import codec as stun
+
+log = logging.getLogger("sipalive.monitor")
+
+RESOLVE_TTL = 300.0  # seconds a resolution is reused (the resolver does not report DNS TTLs)
+
+
+def qualify_settings(s: TargetSettings) -> QualifySettings:
+    return QualifySettings(
+        qualify_frequency=s.qualify_frequency,
+        qualify_timeout=s.qualify_timeout,
+        qualify_2xx_only=s.qualify_2xx_only,
+        lagged_rtt=s.lagged_rtt,
+        fail_threshold=s.fail_threshold,
+        recover_threshold=s.recover_threshold,
+        unreachable_frequency=s.unreachable_frequency,
+        expect_codes=s.expect_code_ranges,
+    )
+
+
+def synthetic(status: int, cause: str, started: float, error: str) -> TransactionResult:
+    """A probe that ended before its transaction could start (resolution, connection)."""
+    reason = "Request Timeout" if status == 408 else "Service Unavailable"
+    return TransactionResult(
+        status, reason, cause, None, started, clock.monotonic(), 0, None, None, None, error
+    )
+
+
+class Runtime:
+    """One target's live state: its qualify machine, where it resolves, its flow."""
+
+    __slots__ = (
+        "auth_nc",
+        "crlf",
+        "cseq",
+        "dest",
+        "flow",
+        "last_error",
+        "last_probe_at",
+        "last_status",
+        "mapped",
+        "probing",
+        "q",
+        "resolved_at",
+        "stun_ka",
+        "target",
+        "template",
+        "udp_ka",
+    )
+
+    def __init__(self, target: Target, q: QualifyTarget) -> None:
+        self.target = target
+        self.q = q
+        self.dest: Resolved | None = None
+        self.resolved_at = 0.0
+        self.flow: PeerFlow | StreamFlow | None = None
+        self.template: OptionsTemplate | None = None
+        self.cseq = 0
+        self.auth_nc = 0
+        self.last_status: int | None = None
+        self.last_error: str | None = None
+        self.last_probe_at: float | None = None
+        self.crlf: crlf_ka.CrlfPinger | None = None
+        self.udp_ka: crlf_ka.UdpCrlfKeepalive | None = None
+        self.stun_ka: stun_ka.StunKeepalive | None = None
+        self.mapped: tuple[str, int] | None = None
+        self.probing = False
+
+    @property
+    def name(self) -> str:
+        return self.target.name
+
+    @property
+    def settings(self) -> TargetSettings:
+        return self.target.settings
+
+    def row(self) -> TargetRow:
+        c = self.q.peer.counters
+        return TargetRow(
+            name=self.name,
+            uri=self.target.uri,
+            state=self.q.state.value,
+            since=self.q.peer.since,
+            last_rtt=self.q.rtt.last,
+            probes=c.probes,
+            successes=c.successes,
+            failures=c.failures,
+            consecutive=max(c.consecutive_successes, c.consecutive_failures),
+            timeouts=c.timeouts,
+            transport_errors=c.transport_errors,
+            rejected=c.rejected,
+        )
+
+
+class MonitorEngine:
+    """Implements ``sipalive.http.view.MonitorView`` for the HTTP layer."""
+
+    def __init__(
+        self,
+        config: MonitorConfig,
+        *,
+        store: Store,
+        writer: StoreWriter,
+        dispatcher: EventDispatcher,
+        max_in_flight: int = 2000,
+        udp_rcvbuf: int | None = 4 * 1024 * 1024,
+        rand: Callable[[], float] = random.random,
+        wall: Callable[[], float] = clock.wall,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.writer = writer
+        self.dispatcher = dispatcher
+        self.max_in_flight = max_in_flight
+        self.udp_rcvbuf = udp_rcvbuf
+        self._rand = rand
+        self._wall = wall
+        self.runtimes: dict[str, Runtime] = {}
+        self.scheduler = Scheduler(rand=rand, max_in_flight=max_in_flight)
+        self.driver: TransactionDriver | None = None
+        self.wheel: TimerWheel | None = None
+        self.udp: dict[int, SharedUdpEndpoint] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._armed_for: float | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stun_owner: dict[bytes, Runtime] = {}
+        self._ssl: dict[tuple[str | None, bool, str | None, str | None], ssl.SSLContext] = {}
+        self._prefix = "z9hG4bK" + os.urandom(6).hex()
+        self._counter = 0
+        self._lags: Ring[float] = Ring(4096)
+        self.counts = {"success": 0, "failure": 0, "timeout": 0, "transport_error": 0}
+        self.started_at = wall()
+        self._closing = False
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.driver = TransactionDriver(self._loop)
+        self.wheel = TimerWheel(self._loop)
+        rows = self.store.load_targets()
+        for target in self.config.targets:
+            self._add(target, rows.get(target.name))
+        self.writer.upsert_targets([rt.row() for rt in self.runtimes.values()])
+        self._arm()
+        log.info("monitor started: %d targets", len(self.runtimes))
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._handle is not None:
+            self._handle.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.driver is not None:
+            self.driver.cancel_all("monitor stopping")
+        for rt in self.runtimes.values():
+            self._drop_flow(rt)
+        if self.wheel is not None:
+            self.wheel.close()
+        for endpoint in self.udp.values():
+            if endpoint.transport is not None:
+                endpoint.transport.close()
+        self.writer.upsert_targets([rt.row() for rt in self.runtimes.values()])
+        await asyncio.sleep(0)
+
+    def reload(self, config: MonitorConfig) -> None:
+        """SIGHUP: add, remove and update targets; state, counters and history are kept."""
+        old = self.runtimes
+        now = self._wall()
+        new_names = {t.name for t in config.targets}
+        for name in [n for n in old if n not in new_names]:
+            gone = old.pop(name)
+            self.scheduler.remove(name)
+            self._drop_flow(gone)
+        for target in config.targets:
+            rt = old.get(target.name)
+            if rt is None:
+                self._add(target, None)
+                continue
+            if target == rt.target:
+                continue
+            if (target.uri, target.transport) != (rt.target.uri, rt.target.transport):
+                self._drop_flow(rt)
+                rt.dest = None
+            rt.target = target
+            transition = rt.q.update_settings(qualify_settings(target.settings), now)
+            if transition is not None:
+                self._emit(rt, transition)
+            self.scheduler.remove(target.name)
+            if rt.q.settings.qualified and not rt.probing:
+                self.scheduler.add(target.name, rt.q.next_interval(), clock.monotonic())
+        self.config = config
+        self._arm()
+        log.info("configuration reloaded: %d targets", len(self.runtimes))
+
+    def _add(self, target: Target, row: TargetRow | None) -> None:
+        settings = qualify_settings(target.settings)
+        if row is not None and row.uri == target.uri:
+            counters = QualifyCounters(
+                probes=row.probes,
+                successes=row.successes,
+                failures=row.failures,
+                timeouts=row.timeouts,
+                transport_errors=row.transport_errors,
+                rejected=row.rejected,
+            )
+            q = QualifyTarget(
+                target.name,
+                settings,
+                state=QualifyState(row.state),
+                since=row.since,
+                counters=counters,
+            )
+        else:
+            q = QualifyTarget(target.name, settings, since=self._wall())
+        rt = Runtime(target, q)
+        self.runtimes[target.name] = rt
+        if settings.qualified:
+            self.scheduler.add(target.name, settings.qualify_frequency, clock.monotonic())
+
+    # -- scheduling: one loop timer -----------------------------------------------------
+
+    def _arm(self) -> None:
+        if self._closing or self._loop is None:
+            return
+        when = self.scheduler.get_timer()
+        if when is None:
+            return
+        if self._armed_for is not None and self._armed_for <= when and self._handle is not None:
+            return
+        if self._handle is not None:
+            self._handle.cancel()
+        self._armed_for = when
+        self._handle = self._loop.call_later(max(0.0, when - clock.monotonic()), self._due)
+
+    def _due(self) -> None:
+        self._handle = None
+        self._armed_for = None
+        now = clock.monotonic()
+        for due in self.scheduler.pop_due(now):
+            self._lags.append(max(0.0, now - due.when))
+            rt = self.runtimes.get(due.key)
+            if rt is None:
+                self.scheduler.remove(due.key)
+                continue
+            self._launch(rt, now)
+        self._arm()
+
+    # -- probing ----------------------------------------------------------------------------
+
+    def _launch(self, rt: Runtime, now: float) -> None:
+        rt.probing = True
+        deadline = now + rt.settings.qualify_timeout
+        if (
+            rt.flow is not None
+            and rt.dest is not None
+            and now - rt.resolved_at < RESOLVE_TTL
+            and not (isinstance(rt.flow, StreamFlow) and rt.flow.closed)
+        ):
+            self._send(rt, deadline, now, None)
+            return
+        task = asyncio.ensure_future(self._prepare_and_send(rt, deadline, now))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _prepare_and_send(self, rt: Runtime, deadline: float, started: float) -> None:
+        try:
+            await self._prepare(rt, deadline)
+        except (ResolveError, TransportError, ParseError, OSError) as exc:
+            timed_out = clock.monotonic() >= deadline
+            result = synthetic(
+                408 if timed_out else 503,
+                Cause.TIMEOUT if timed_out else Cause.TRANSPORT_ERROR,
+                started,
+                str(exc),
+            )
+            self._account(rt, result)
+            return
+        self._send(rt, deadline, started, None)
+
+    async def _prepare(self, rt: Runtime, deadline: float) -> None:
+        """Resolve (RFC 3263) if needed and open the flow; both within the probe deadline."""
+        now = clock.monotonic()
+        uri = rt.target.sip_uri
+        if rt.dest is None or now - rt.resolved_at >= RESOLVE_TTL:
+            async with asyncio.timeout(max(0.001, deadline - now)):
+                found = await resolve(
+                    uri.scheme, uri.host, uri.port, rt.target.transport,
+                    timeout=max(0.001, deadline - now),
+                )  # fmt: skip
+            rt.dest = found[0]
+            rt.resolved_at = clock.monotonic()
+            self._drop_flow(rt)
+        dest = rt.dest
+        assert dest is not None
+        if rt.flow is not None and not (isinstance(rt.flow, StreamFlow) and rt.flow.closed):
+            return
+        if dest.transport == "udp":
+            endpoint = await self._udp_endpoint(dest.address)
+            rt.flow = endpoint.flow((dest.address, dest.port))
+            local = (_local_address(dest.address, dest.port), endpoint.local[1])
+            self._start_udp_keepalive(rt)
+        elif dest.transport in ("tcp", "tls"):
+            s = rt.settings
+            ctx = None
+            if dest.transport == "tls":
+                ctx = self._tls(s)
+            flow = await open_stream(
+                self._driver,
+                dest.address,
+                dest.port,
+                ssl_context=ctx,
+                server_hostname=uri.host,  # RFC 5922 §4
+                timeout=max(0.001, deadline - clock.monotonic()),
+                sockopts=s.tcp_keepalive.sockopts() if s.tcp_keepalive_enable else None,
+            )
+            if s.tcp_user_timeout:
+                sock = flow.transport.get_extra_info("socket") if flow.transport else None
+                if sock is not None:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, s.tcp_user_timeout)
+            rt.flow = flow
+            flow.on_close = lambda detail, rt=rt: self._flow_closed(rt, detail)
+            local = flow.local
+            self._start_crlf(rt, flow)
+        else:
+            raise TransportError(f"transport {dest.transport} is not supported by the monitor yet")
+        ruri = str(uri)
+        if dest.transport != "udp" and uri.transport is None:
+            ruri = str(uri.with_transport(dest.transport))
+        rt.template = OptionsTemplate(
+            ruri,
+            transport=dest.transport,
+            local=local,
+            from_tag=os.urandom(5).hex(),
+            from_uri=rt.settings.from_uri,
+            user_agent=rt.settings.user_agent or "sipalive/0.1",
+        )
+
+    @property
+    def _driver(self) -> TransactionDriver:
+        assert self.driver is not None
+        return self.driver
+
+    def _timers(self, s: TargetSettings, deadline: float) -> TimerConfig:
+        remaining = max(0.001, deadline - clock.monotonic())
+        return TimerConfig(t1=s.t1, t2=max(4.0, s.t1), timeout=remaining, retransmits=s.retransmits)
+
+    def _send(
+        self, rt: Runtime, deadline: float, started: float, authorization: tuple[str, str] | None
+    ) -> None:
+        assert rt.dest is not None
+        assert rt.flow is not None
+        assert rt.template is not None
+        self._counter += 1
+        rt.cseq += 1
+        branch = f"{self._prefix}{self._counter:x}"
+        call_id = f"{self._counter:x}-{self._prefix[7:]}@sipalive"
+        if authorization is None:
+            data = rt.template.fill(branch, call_id, rt.cseq)
+        else:
+            data = self._auth_request(rt, branch, call_id, authorization)
+        txn = ClientTransaction.from_bytes(
+            data,
+            branch=branch,
+            method="OPTIONS",
+            reliable=rt.dest.transport != "udp",
+            timers=self._timers(rt.settings, deadline),
+        )
+        future = self._driver.start(txn, rt.flow)
+
+        def done(f: asyncio.Future[TransactionResult]) -> None:
+            self._done(rt, f, deadline, started, authorization)
+
+        future.add_done_callback(done)
+
+    def _auth_request(
+        self, rt: Runtime, branch: str, call_id: str, authorization: tuple[str, str]
+    ) -> bytes:
+        assert rt.dest is not None
+        assert isinstance(rt.flow, PeerFlow | StreamFlow)
+        uri = str(rt.target.sip_uri)
+        local = rt.flow.local if isinstance(rt.flow, StreamFlow) else rt.flow.endpoint.local
+        return make_request(
+            "OPTIONS",
+            uri,
+            transport=rt.dest.transport,
+            local=local,
+            branch=branch,
+            from_uri=rt.settings.from_uri or "sip:sipalive@invalid",
+            from_tag=os.urandom(5).hex(),
+            call_id=call_id,
+            cseq=rt.cseq,
+            user_agent=rt.settings.user_agent or "sipalive/0.1",
+            extra=[authorization, ("Accept", "application/sdp")],
+        ).encode()
+
+    def _done(
+        self,
+        rt: Runtime,
+        future: asyncio.Future[TransactionResult],
+        deadline: float,
+        started: float,
+        authorization: tuple[str, str] | None,
+    ) -> None:
+        if future.cancelled() or self._closing:
+            return
+        result = future.result()
+        s = rt.settings
+        if (
+            result.status in (401, 407)
+            and authorization is None
+            and s.auth_username
+            and s.auth_password is not None
+            and result.response is not None
+            and clock.monotonic() < deadline
+        ):
+            header = "Proxy-Authenticate" if result.status == 407 else "WWW-Authenticate"
+            challenge_text = result.response.headers.get(header)
+            if challenge_text:
+                try:
+                    challenge = digest.Challenge.parse(challenge_text, proxy=result.status == 407)
+                    rt.auth_nc += 1
+                    answer = digest.authorization(
+                        challenge,
+                        username=s.auth_username,
+                        password=s.auth_password.reveal(),
+                        method="OPTIONS",
+                        uri=str(rt.target.sip_uri),
+                        cnonce=os.urandom(8).hex(),
+                        nc=rt.auth_nc,
+                    )
+                except (ParseError, Exception) as exc:
+                    rt.last_error = f"digest: {exc}"
+                else:
+                    self._send(rt, deadline, started, answer)
+                    return
+        if result.cause == Cause.TRANSPORT_ERROR and isinstance(rt.flow, StreamFlow):
+            self._drop_flow(rt)
+        self._account(rt, result)
+
+    def _account(self, rt: Runtime, result: TransactionResult) -> None:
+        wall = self._wall()
+        rt.probing = False
+        rt.last_status = result.status
+        rt.last_error = result.error
+        rt.last_probe_at = wall
+        if result.cause == Cause.TIMEOUT:
+            self.counts["timeout"] += 1
+        elif result.cause == Cause.TRANSPORT_ERROR:
+            self.counts["transport_error"] += 1
+        elif rt.q.settings.accepts(result.status):
+            self.counts["success"] += 1
+        else:
+            self.counts["failure"] += 1
+        transition = rt.q.on_probe_result(result, wall)
+        if result.rtt_first is not None and result.retransmits == 0:
+            self.writer.add_rtt_samples([(rt.name, wall, result.rtt_first)])
+        if transition is not None:
+            self._emit(rt, transition)
+        else:
+            self.writer.upsert_targets([rt.row()])
+        if rt.name in self.runtimes and rt.q.settings.qualified:
+            self.scheduler.finished(rt.name, clock.monotonic(), frequency=rt.q.next_interval())
+        else:
+            self.scheduler.remove(rt.name)
+        self._arm()
+
+    def _emit(self, rt: Runtime, t: Transition) -> None:
+        row = TransitionRow(rt.name, t.at, t.from_state.value, t.to_state.value, t.cause, t.rtt)
+        self.dispatcher.publish([Event.from_transition(row, rt.target.uri)])
+        self.writer.upsert_targets([rt.row()])
+        log.info("%s: %s -> %s (%s)", rt.name, row.from_state, row.to_state, row.cause)
+
+    # -- flows and keep-alives ------------------------------------------------------------
+
+    async def _udp_endpoint(self, address: str) -> SharedUdpEndpoint:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        endpoint = self.udp.get(family)
+        if endpoint is None:
+            host = "::" if family == socket.AF_INET6 else "0.0.0.0"
+            endpoint = await open_shared_udp(self._driver, host, 0, self.udp_rcvbuf)
+            endpoint.on_other = self._udp_other
+            self.udp[family] = endpoint
+        return endpoint
+
+    def _tls(self, s: TargetSettings) -> ssl.SSLContext:
+        key = (s.tls_ca, s.tls_insecure, s.tls_cert, s.tls_key)
+        ctx = self._ssl.get(key)
+        if ctx is None:
+            ctx = client_context(TlsOptions(s.tls_ca, s.tls_insecure, s.tls_cert, s.tls_key))
+            self._ssl[key] = ctx
+        return ctx
+
+    def _start_crlf(self, rt: Runtime, flow: StreamFlow) -> None:
+        s = rt.settings
+        if s.crlf_ping_interval <= 0 or self.wheel is None:
+            return
+        pinger = crlf_ka.CrlfPinger(s.crlf_ping_interval, s.crlf_pong_timeout, rand=self._rand)
+        rt.crlf = pinger
+        pinger.start(clock.monotonic())
+
+        def on_pong() -> None:
+            if rt.crlf is pinger:
+                self._crlf_events(rt, pinger.pong_received(clock.monotonic()))
+                if self.wheel is not None:
+                    self.wheel.touch(pinger)
+
+        flow.on_pong = on_pong
+        self.wheel.add(pinger, lambda events: self._crlf_events(rt, events))
+
+    def _crlf_events(self, rt: Runtime, events: Sequence[object]) -> None:
+        for event in events:
+            if isinstance(event, crlf_ka.SendPing) and isinstance(rt.flow, StreamFlow):
+                try:
+                    rt.flow.send(event.data)
+                except TransportError:
+                    pass
+            elif isinstance(event, crlf_ka.FlowFailed):
+                log.info("%s: no CRLF pong (%s); flow failed", rt.name, event.reason)
+                transition = rt.q.on_flow_failed(self._wall(), "no-pong")
+                if transition is not None:
+                    self._emit(rt, transition)
+                self._drop_flow(rt)
+
+    def _start_udp_keepalive(self, rt: Runtime) -> None:
+        s = rt.settings
+        if self.wheel is None or s.keep_alive_mode == "none" or rt.udp_ka or rt.stun_ka:
+            return
+        if s.keep_alive_mode == "crlf":
+            ka = crlf_ka.UdpCrlfKeepalive(s.keep_alive_interval, rand=self._rand)
+            rt.udp_ka = ka
+            ka.start(clock.monotonic())
+            self.wheel.add(ka, lambda events: self._udp_ka_events(rt, events))
+        elif s.keep_alive_mode == "stun":
+            machine = stun_ka.StunKeepalive(
+                s.keep_alive_interval, rand=self._rand, rand_bytes=os.urandom
+            )
+            rt.stun_ka = machine
+            machine.start(clock.monotonic())
+            self.wheel.add(machine, lambda events: self._stun_events(rt, events))
+
+    def _udp_ka_events(self, rt: Runtime, events: Sequence[object]) -> None:
+        for event in events:
+            if isinstance(event, crlf_ka.SendPing) and isinstance(rt.flow, PeerFlow):
+                rt.flow.send(event.data)
+
+    def _stun_events(self, rt: Runtime, events: Sequence[object]) -> None:
+        for event in events:
+            if isinstance(event, stun_ka.SendStun) and isinstance(rt.flow, PeerFlow):
+                self._stun_owner[event.transaction_id] = rt
+                if len(self._stun_owner) > 4 * max(1, len(self.runtimes)):
+                    self._stun_owner.pop(next(iter(self._stun_owner)))
+                rt.flow.send(event.data)
+            elif isinstance(event, stun_ka.MappedAddress):
+                rt.mapped = event.addr
+            elif isinstance(event, stun_ka.MappedAddressChanged):
+                log.warning(
+                    "%s: STUN mapped address changed %s -> %s", rt.name, event.old, event.new
+                )
+            elif isinstance(event, crlf_ka.FlowFailed):
+                log.info("%s: STUN keep-alive failed (%s)", rt.name, event.reason)
+                transition = rt.q.on_flow_failed(self._wall(), "stun-failed")
+                if transition is not None:
+                    self._emit(rt, transition)
+
+    def _udp_other(self, data: bytes, source: tuple[str, int]) -> None:
+        if not stun.is_stun(data):
+            return
+        try:
+            msg = stun.parse(data)
+        except ParseError:
+            return
+        rt = self._stun_owner.pop(msg.transaction_id, None)
+        if rt is None or rt.stun_ka is None or not isinstance(rt.flow, PeerFlow):
+            return
+        if not rt.flow.accepts(source):
+            return
+        self._stun_events(rt, rt.stun_ka.response_received(msg, clock.monotonic()))
+        if self.wheel is not None:
+            self.wheel.touch(rt.stun_ka)
+
+    def _flow_closed(self, rt: Runtime, detail: str) -> None:
+        if rt.flow is not None and isinstance(rt.flow, StreamFlow) and rt.flow.closed:
+            self._stop_keepalives(rt)
+            rt.flow = None
+
+    def _stop_keepalives(self, rt: Runtime) -> None:
+        for machine in (rt.crlf, rt.udp_ka, rt.stun_ka):
+            if machine is not None and self.wheel is not None:
+                self.wheel.remove(machine)
+        rt.crlf = rt.udp_ka = rt.stun_ka = None
+
+    def _drop_flow(self, rt: Runtime) -> None:
+        self._stop_keepalives(rt)
+        flow = rt.flow
+        rt.flow = None
+        rt.template = None
+        if isinstance(flow, StreamFlow):
+            flow.on_close = None
+            flow.close()
+
+    # -- MonitorView ----------------------------------------------------------------------
+
+    def targets(self) -> Sequence[TargetView]:
+        return [self._view(rt) for rt in self.runtimes.values()]
+
+    def target(self, name: str) -> TargetView | None:
+        rt = self.runtimes.get(name)
+        return None if rt is None else self._view(rt)
+
+    def _view(self, rt: Runtime) -> TargetView:
+        snap = rt.q.rtt.snapshot()
+        c = rt.q.peer.counters
+        return TargetView(
+            name=rt.name,
+            uri=rt.target.uri,
+            group=rt.target.group,
+            transport=rt.dest.transport if rt.dest else rt.target.transport,
+            state=rt.q.state.value,
+            since=rt.q.peer.since or self.started_at,
+            rtt_s=snap.last,
+            srtt_s=snap.srtt,
+            rttvar_s=snap.rttvar,
+            rtt_min_s=snap.min,
+            rtt_max_s=snap.max,
+            rtt_p50_s=snap.p50,
+            rtt_p90_s=snap.p90,
+            rtt_p99_s=snap.p99,
+            probes=c.probes,
+            successes=c.successes,
+            failures=c.failures,
+            timeouts=c.timeouts,
+            transport_errors=c.transport_errors,
+            last_status=rt.last_status,
+            last_error=rt.last_error,
+            last_probe_at=rt.last_probe_at,
+            qualify_frequency=rt.settings.qualify_frequency,
+            recent_rtts=tuple(rt.q.rtt.recent()[-30:]),
+        )
+
+    def history(self, name: str, limit: int = 1000) -> list[TransitionView]:
+        return [_transition_view(r) for r in self.store.history(name, limit=limit)]
+
+    def events(self, after_id: int = 0, limit: int = 100) -> list[TransitionView]:
+        return [
+            _transition_view(r) for r in self.store.recent_transitions(limit, after_id=after_id)
+        ]
+
+    def rtt_series(self, name: str, since: float, until: float) -> list[RttMinuteView]:
+        return [
+            RttMinuteView(m.start, m.count, m.min, m.max, m.mean)
+            for m in self.store.rtt_series(name, since, until)
+        ]
+
+    def stats(self) -> EngineStats:
+        lags = sorted(self._lags)
+        p99 = lags[min(len(lags) - 1, int(0.99 * len(lags)))] if lags else None
+        return EngineStats(
+            targets=len(self.runtimes),
+            in_flight=len(self._driver) if self.driver else 0,
+            probes_total=dict(self.counts),
+            scheduler_lag_p99_s=p99,
+            started_at=self.started_at,
+        )
+
+    async def probe(self, uri: str, module: str | None, timeout: float) -> ProbeReport:
+        """An on-demand probe (``/probe``), outside the schedule, with phase timings."""
+        t0 = clock.monotonic()
+        phases: dict[str, float] = {}
+        try:
+            target_uri = parse_uri(uri)
+        except ParseError as exc:
+            return ProbeReport(False, 0.0, None, "", {}, f"bad target: {exc.reason}")
+        transport = module if module in ("udp", "tcp", "tls") else target_uri.transport
+        deadline = t0 + timeout
+        flow: PeerFlow | StreamFlow | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                found = await resolve(
+                    target_uri.scheme, target_uri.host, target_uri.port, transport, timeout=timeout
+                )
+            phases["resolve"] = clock.monotonic() - t0
+            dest = found[0]
+            if dest.transport == "udp":
+                endpoint = await self._udp_endpoint(dest.address)
+                flow = endpoint.flow((dest.address, dest.port))
+                local = (_local_address(dest.address, dest.port), endpoint.local[1])
+            elif dest.transport in ("tcp", "tls"):
+                ctx = client_context(TlsOptions()) if dest.transport == "tls" else None
+                flow = await open_stream(
+                    self._driver, dest.address, dest.port, ssl_context=ctx,
+                    server_hostname=target_uri.host,
+                    timeout=max(0.001, deadline - clock.monotonic()),
+                )  # fmt: skip
+                phases.update(flow.stats.phases)
+                local = flow.local
+            else:
+                raise TransportError(f"unsupported transport {dest.transport}")
+            template = OptionsTemplate(uri, transport=dest.transport, local=local, from_tag="probe")
+            self._counter += 1
+            branch = f"{self._prefix}p{self._counter:x}"
+            txn = ClientTransaction.from_bytes(
+                template.fill(branch, f"p{self._counter:x}-{self._prefix[7:]}", 1),
+                branch=branch, method="OPTIONS", reliable=dest.transport != "udp",
+                timers=TimerConfig(timeout=max(0.001, deadline - clock.monotonic())),
+            )  # fmt: skip
+            sent = clock.monotonic()
+            result = await self._driver.start(txn, flow)
+            if result.response is not None:
+                phases["response"] = clock.monotonic() - sent
+            ok = result.response is not None and 200 <= result.status < 300
+            return ProbeReport(
+                ok, clock.monotonic() - t0, result.status, result.reason, phases, result.error,
+                dest.transport, dest.address,
+            )  # fmt: skip
+        except (ResolveError, TransportError, TimeoutError, OSError) as exc:
+            return ProbeReport(
+                False, clock.monotonic() - t0, None, "", phases, str(exc) or "timeout"
+            )
+        finally:
+            if isinstance(flow, StreamFlow):
+                flow.close()
+
+
+def _transition_view(r: TransitionRow) -> TransitionView:
+    return TransitionView(r.id, r.target, r.at, r.from_state, r.to_state, r.cause, r.rtt)
+
+
+_LOCAL_CACHE: dict[tuple[str, int], str] = {}
+
+
+def _local_address(address: str, port: int) -> str:
+    """The source address the kernel picks towards ``address`` (for Via sent-by)."""
+    key = (address, port)
+    local = _LOCAL_CACHE.get(key)
+    if local is None:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            try:
+                s.connect((address, port))
+                local = str(s.getsockname()[0])
+            except OSError:
+                local = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+        if len(_LOCAL_CACHE) < 65536:
+            _LOCAL_CACHE[key] = local
+    return local
