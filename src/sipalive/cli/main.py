@@ -9,12 +9,14 @@ COMMANDS = {
     "check": "sipalive.cli.check",
     "respond": "sipalive.cli.respond",
     "import": "sipalive.cli.importcmd",
+    "monitor": "sipalive.cli.monitor",
 }
 
 USAGE = """\
 usage: sipalive COMMAND [options]
 
 commands:
+  monitor   qualify many peers continuously: web page, /metrics, JSON API, events
   ping      probe SIP peers with OPTIONS, like ping/fping (also --flood)
   check     one probe as a Nagios/Icinga plugin (exit 0/1/2/3)
   respond   answer OPTIONS, CRLF keep-alive pings and STUN binding requests

@@ -1,0 +1,127 @@
+"""The qualify engine against our own responder, a silent socket and a closed port."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import socket
+import time
+from pathlib import Path
+
+from procs import respond
+from realpeers import free_port
+from sipalive.config import parse_config
+from sipalive.events import EventDispatcher, JsonLineSink
+from sipalive.monitor.engine import MonitorEngine
+from sipalive.store.sqlite import Store, StoreWriter
+
+
+def _config(db: Path, port: int, silent: int, closed: int) -> str:
+    return f"""
+[storage]
+path = "{db}"
+[defaults]
+qualify_frequency = 0.4
+qualify_timeout = 0.3
+unreachable_frequency = 0.4
+t1 = 0.05
+[[targets]]
+name = "alive-udp"
+uri = "sip:ping@127.0.0.1:{port}"
+[[targets]]
+name = "alive-tcp"
+uri = "sip:ping@127.0.0.1:{port};transport=tcp"
+crlf_ping_interval = 0.3
+crlf_pong_timeout = 0.2
+[[targets]]
+name = "silent"
+uri = "sip:ping@127.0.0.1:{silent}"
+[[targets]]
+name = "closed"
+uri = "sip:ping@127.0.0.1:{closed}"
+[[targets]]
+name = "off"
+uri = "sip:ping@127.0.0.1:{port}"
+qualify_frequency = 0
+"""
+
+
+async def _wait(engine: MonitorEngine, want: dict[str, str], timeout: float) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    states: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        states = {t.name: t.state for t in engine.targets()}
+        if all(states.get(k) == v for k, v in want.items()):
+            return states
+        await asyncio.sleep(0.05)
+    return states
+
+
+async def _scenario(tmp_path: Path) -> None:
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    db = tmp_path / "m.db"
+    try:
+        with respond() as resp:
+            cfg = parse_config(
+                _config(db, resp.port, silent.getsockname()[1], free_port("both")), "m.toml"
+            )
+            store_w, store_r = Store(db), Store(db)
+            writer = StoreWriter(store_w)
+            lines = io.StringIO()
+            dispatcher = EventDispatcher(writer, [], lines=JsonLineSink(lines))
+            engine = MonitorEngine(cfg, store=store_r, writer=writer, dispatcher=dispatcher)
+            await dispatcher.start()
+            await engine.start()
+            try:
+                want = {
+                    "alive-udp": "reachable",
+                    "alive-tcp": "reachable",
+                    "silent": "unreachable",
+                    "closed": "unreachable",
+                    "off": "nonqualified",
+                }
+                states = await _wait(engine, want, 5.0)
+                assert states == want
+                views = {t.name: t for t in engine.targets()}
+                assert views["alive-udp"].rtt_s is not None
+                assert 0 < views["alive-udp"].rtt_s < 0.1
+                assert views["closed"].last_error == "ICMP port unreachable"
+                assert views["silent"].last_status == 408
+                assert views["alive-tcp"].transport == "tcp"
+                stats = engine.stats()
+                assert stats.targets == 5
+                assert stats.probes_total["success"] >= 2
+            finally:
+                pass
+        # the responder is gone: both live targets go unreachable within frequency+timeout
+        t0 = time.monotonic()
+        states = await _wait(engine, {"alive-udp": "unreachable", "alive-tcp": "unreachable"}, 3.0)
+        assert states["alive-udp"] == "unreachable"
+        assert states["alive-tcp"] == "unreachable"
+        assert time.monotonic() - t0 <= 0.4 + 0.3 + 0.5
+        await engine.close()
+        await dispatcher.close()
+        writer.close()
+        history = store_r.history("alive-udp")
+        assert [(h.from_state, h.to_state) for h in history][:2] == [
+            ("unknown", "reachable"),
+            ("reachable", "unreachable"),
+        ]
+        events = [json.loads(line) for line in lines.getvalue().splitlines()]
+        assert {"target": "alive-udp", "from": "reachable", "to": "unreachable"}.items() <= next(
+            e for e in events if e["target"] == "alive-udp" and e["to"] == "unreachable"
+        ).items()
+        assert len({e["event_id"] for e in events}) == len(events)
+        rows = store_r.load_targets()
+        assert rows["alive-udp"].state == "unreachable"
+        assert rows["alive-udp"].probes >= 2
+        store_r.close()
+        store_w.close()
+    finally:
+        silent.close()
+
+
+def test_engine_states_and_persistence(tmp_path: Path) -> None:
+    asyncio.run(_scenario(tmp_path))
