@@ -3,7 +3,7 @@
 # As root: installs. Not root: reports what is missing (those tests then skip, except under CI=true).
 set -euo pipefail
 PKGS=(sip-tester sipsak kamailio kamailio-tls-modules openssl iproute2 iptables conntrack procps
-      tshark hyperfine baresip-core)
+      tshark hyperfine baresip-core chromium chromium-driver)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

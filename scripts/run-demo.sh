@@ -1,15 +1,28 @@
 #!/usr/bin/env bash
-# `make run` until the monitor exists: a local responder, pinged live. Ctrl-C stops both.
+# `make run`: the monitor on examples/monitor.toml, watching a local demo peer (sipalive
+# respond on 127.0.0.1:5062, UDP and TCP). Page: http://127.0.0.1:8060  Ctrl-C stops both.
+# DURATION=S stops after S seconds (used by the tests of this script).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S=.venv/bin/sipalive
-PORT="${PORT:-5062}"
-COUNT="${COUNT:-10}"
-$S respond --listen "udp:127.0.0.1:$PORT" --listen "tcp:127.0.0.1:$PORT" --reason Alive --duration 600 &
-RESP=$!
-trap 'kill $RESP 2>/dev/null; wait $RESP 2>/dev/null || true' EXIT
-sleep 0.5
-echo "== sipalive ping -c $COUNT sip:demo@127.0.0.1:$PORT (udp) and ;transport=tcp"
-$S ping -c "$COUNT" -i 0.5 "sip:demo@127.0.0.1:$PORT" "sip:demo@127.0.0.1:$PORT;transport=tcp"
-echo "== sipalive check -H 127.0.0.1 -p $PORT -w 100ms -c 500ms"
-$S check -H 127.0.0.1 -p "$PORT" -w 100ms -c 500ms || true
+mkdir -p var
+$S respond --listen udp:127.0.0.1:5062 --listen tcp:127.0.0.1:5062 --reason Alive \
+  --duration "${DURATION:-86400}" 2>>var/demo-peer.log &
+PEER=$!
+MON=""
+cleanup() {
+  [ -z "$MON" ] || kill "$MON" 2>/dev/null || true
+  kill "$PEER" 2>/dev/null || true
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+echo "demo peer: sipalive respond on udp+tcp 127.0.0.1:5062 (log: var/demo-peer.log)"
+echo "monitor:   http://127.0.0.1:8060   /metrics   /api/targets   (Ctrl-C stops)"
+$S monitor -c examples/monitor.toml &
+MON=$!
+if [ -n "${DURATION:-}" ]; then
+  sleep "$DURATION"
+else
+  wait "$MON"
+fi

@@ -31,14 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _run(config: MonitorConfig, args: argparse.Namespace) -> int:
-    import importlib
-
     from aiohttp import web
 
     from sipalive.events import EventDispatcher, ExecSink, JsonLineSink, Sink, WebhookSink
-
-    # the HTTP layer is looked up at run time so that this module type-checks on its own
-    make_app = importlib.import_module("sipalive.http.app").make_app
+    from sipalive.http.app import make_app
     from sipalive.monitor.engine import MonitorEngine
     from sipalive.store.sqlite import Store, StoreWriter
 

@@ -83,6 +83,7 @@ class EngineStats:
     probes_total: dict[str, int]  # by result: "success", "failure", "timeout", "transport_error"
     scheduler_lag_p99_s: float | None
     started_at: float
+    last_event_id: int = 0  # id of the newest transition: where the status page starts polling
 
 
 class MonitorView(Protocol):

@@ -15,6 +15,7 @@ written back, so a restart resumes state, counters and history.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import random
@@ -98,6 +99,7 @@ class Runtime:
         "target",
         "template",
         "udp_ka",
+        "view",
     )
 
     def __init__(self, target: Target, q: QualifyTarget) -> None:
@@ -117,6 +119,7 @@ class Runtime:
         self.stun_ka: stun_ka.StunKeepalive | None = None
         self.mapped: tuple[str, int] | None = None
         self.probing = False
+        self.view: TargetView | None = None  # cached until the next result or change
 
     @property
     def name(self) -> str:
@@ -195,6 +198,9 @@ class MonitorEngine:
         for target in self.config.targets:
             self._add(target, rows.get(target.name))
         self.writer.upsert_targets([rt.row() for rt in self.runtimes.values()])
+        # the targets live as long as the process: keep the collector from walking them
+        gc.collect()
+        gc.freeze()
         self._arm()
         log.info("monitor started: %d targets", len(self.runtimes))
 
@@ -238,6 +244,7 @@ class MonitorEngine:
                 self._drop_flow(rt)
                 rt.dest = None
             rt.target = target
+            rt.view = None
             transition = rt.q.update_settings(qualify_settings(target.settings), now)
             if transition is not None:
                 self._emit(rt, transition)
@@ -496,6 +503,7 @@ class MonitorEngine:
     def _account(self, rt: Runtime, result: TransactionResult) -> None:
         wall = self._wall()
         rt.probing = False
+        rt.view = None
         rt.last_status = result.status
         rt.last_error = result.error
         rt.last_probe_at = wall
@@ -521,6 +529,7 @@ class MonitorEngine:
         self._arm()
 
     def _emit(self, rt: Runtime, t: Transition) -> None:
+        rt.view = None
         row = TransitionRow(rt.name, t.at, t.from_state.value, t.to_state.value, t.cause, t.rtt)
         self.dispatcher.publish([Event.from_transition(row, rt.target.uri)])
         self.writer.upsert_targets([rt.row()])
@@ -657,13 +666,17 @@ class MonitorEngine:
     # -- MonitorView ----------------------------------------------------------------------
 
     def targets(self) -> Sequence[TargetView]:
-        return [self._view(rt) for rt in self.runtimes.values()]
+        return [rt.view or self._view(rt) for rt in self.runtimes.values()]
 
     def target(self, name: str) -> TargetView | None:
         rt = self.runtimes.get(name)
-        return None if rt is None else self._view(rt)
+        return None if rt is None else (rt.view or self._view(rt))
 
     def _view(self, rt: Runtime) -> TargetView:
+        rt.view = self._make_view(rt)
+        return rt.view
+
+    def _make_view(self, rt: Runtime) -> TargetView:
         snap = rt.q.rtt.snapshot()
         c = rt.q.peer.counters
         return TargetView(
@@ -716,6 +729,7 @@ class MonitorEngine:
             probes_total=dict(self.counts),
             scheduler_lag_p99_s=p99,
             started_at=self.started_at,
+            last_event_id=self.store.last_transition_id(),
         )
 
     async def probe(self, uri: str, module: str | None, timeout: float) -> ProbeReport:

@@ -377,17 +377,28 @@ class Store:
         return [TransitionRow(*r) for r in reversed(rows)]
 
     def recent_transitions(self, limit: int = 100, after_id: int = 0) -> list[TransitionRow]:
-        """The latest ``limit`` transitions of all targets, oldest first.
-
-        ``after_id`` returns only newer rows, for a client that polls with the last id it saw.
+        """Transitions of all targets, oldest first: with ``after_id`` 0 the latest ``limit``;
+        otherwise the ``limit`` rows right after ``after_id``, so that a client polling with
+        the last id it saw pages forward and never skips one.
         """
         with self._read("read transitions") as db:
+            if after_id > 0:
+                rows = db.execute(
+                    f"SELECT {_TRANSITION_COLUMNS} FROM transitions WHERE id > ? "
+                    "ORDER BY id LIMIT ?",
+                    (after_id, limit),
+                ).fetchall()
+                return [TransitionRow(*r) for r in rows]
             rows = db.execute(
-                f"SELECT {_TRANSITION_COLUMNS} FROM transitions WHERE id > ? "
-                "ORDER BY id DESC LIMIT ?",
-                (after_id, limit),
+                f"SELECT {_TRANSITION_COLUMNS} FROM transitions ORDER BY id DESC LIMIT ?",
+                (limit,),
             ).fetchall()
         return [TransitionRow(*r) for r in reversed(rows)]
+
+    def last_transition_id(self) -> int:
+        with self._read("read transitions") as db:
+            row = db.execute("SELECT max(id) FROM transitions").fetchone()
+        return int(row[0] or 0)
 
     # -- RTT aggregates ----------------------------------------------------------------------
 

@@ -1,0 +1,277 @@
+"""Prometheus text exposition (format 0.0.4): the monitor's ``/metrics`` and ``/probe`` bodies.
+
+Families on ``/metrics`` (per target, label ``target`` = the target's name):
+
+- ``sip_peer_up`` gauge: 1 if reachable or lagged, else 0.
+- ``sip_peer_state{state}`` gauge: 1 for the current state, 0 for the four others.
+- ``sip_peer_rtt_seconds{kind="last"|"srtt"}`` gauge: absent while the target has no RTT.
+- ``sip_probes_total{result}`` counter: ``success``, ``rejected`` (a response the settings do
+  not accept: ``failures - timeouts - transport_errors``), ``timeout``, ``transport_error``;
+  the four add up to the target's probes.
+
+then the engine's (``sipalive_*``: targets, targets by state, probes in flight, probes by result,
+scheduler lag p99, start time, the previous render's duration) and the process's, read from
+``/proc`` as the Prometheus client libraries name them (``process_*``).
+
+Rendering 100k targets. That is 1.2 million lines (about 70 MB): formatting them one
+``f``-string each took 0.4 to 0.8 s here, so :class:`TargetFamilies` formats as little as it can
+in Python. Lines whose value is a constant (``sip_peer_up``, ``sip_peer_state``) are not
+formatted at all: the target names of one state are joined with a separator that closes one
+line and opens the next, a single C-level ``str.join`` per (family, state). RTTs are written
+with ``:.6f`` (microseconds), three times cheaper than ``repr``. The format wants each family
+in one group, so each family keeps its own list of pieces and they are concatenated at the end.
+
+Not blocking the loop. :func:`render_metrics` takes one snapshot (``view.targets()``), then
+formats it in chunks of :data:`CHUNK` targets and yields to the event loop between chunks.
+Rendering the same snapshot in a worker thread was measured too (100k targets, 2 cores): the
+totals were alike (150-250 ms either way), but the loop stalls were smaller and steadier with
+chunks (6-8 ms, against 8-15 ms whenever the loop had to win the GIL back from the thread), and
+chunks keep every read of the engine's objects on the loop's thread. The result is a list of
+byte pieces that the handler streams, so no 70 MB join or copy happens on the loop either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+from collections.abc import Iterable, Sequence
+from itertools import compress, repeat
+from operator import attrgetter, eq
+
+from sipalive.http.view import STATES, EngineStats, MonitorView, ProbeReport, TargetView
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CHUNK = 1000
+UP_STATES = frozenset({"reachable", "lagged"})
+
+_UP = 'sip_peer_up{target="'
+_STATE = 'sip_peer_state{target="'
+_RTT = 'sip_peer_rtt_seconds{target="'
+_PROBES = 'sip_probes_total{target="'
+_name = attrgetter("name")
+_state = attrgetter("state")
+
+
+def escape_label(value: str) -> str:
+    """A label value as the exposition format quotes it: ``\\``, ``"`` and line feed escaped."""
+    if "\\" in value or '"' in value or "\n" in value:
+        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return value
+
+
+def _needs_escape(values: list[str]) -> bool:
+    joined = "".join(values)
+    return "\\" in joined or '"' in joined or "\n" in joined
+
+
+def format_value(value: float) -> str:
+    """A sample value: integers without a fraction, ``NaN``/``+Inf``/``-Inf`` as Go spells them."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if value == int(value) and abs(value) < 2**53:
+        return str(int(value))
+    return repr(value)
+
+
+def header(name: str, kind: str, text: str) -> str:
+    """The ``# HELP`` and ``# TYPE`` lines of a family (HELP escapes ``\\`` and line feed)."""
+    text = text.replace("\\", "\\\\").replace("\n", "\\n")
+    return f"# HELP {name} {text}\n# TYPE {name} {kind}\n"
+
+
+def sample(name: str, value: float, labels: Iterable[tuple[str, str]] = ()) -> str:
+    """One sample line."""
+    inner = ",".join(f'{key}="{escape_label(val)}"' for key, val in labels)
+    return (
+        f"{name}{{{inner}}} {format_value(value)}\n" if inner else f"{name} {format_value(value)}\n"
+    )
+
+
+def _joined(prefix: str, names: list[str], suffix: str) -> str:
+    """``prefix + name + suffix`` for every name, as one string (no per-line formatting)."""
+    return prefix + (suffix + prefix).join(names) + suffix if names else ""
+
+
+# sip_peer_state line endings: _STATE_END[label][value], for label in STATES.
+_STATE_END = {x: {v: f'",state="{x}"}} {v}\n' for v in (0, 1)} for x in STATES}
+
+
+class TargetFamilies:
+    """The per-target families, filled chunk by chunk; :meth:`pieces` gives the body in order."""
+
+    __slots__ = ("by_state", "probes", "rtt", "state", "up")
+
+    def __init__(self) -> None:
+        self.up: list[bytes] = []
+        self.state: list[bytes] = []
+        self.rtt: list[bytes] = []
+        self.probes: list[bytes] = []
+        self.by_state: dict[str, int] = dict.fromkeys(STATES, 0)
+
+    def add(self, chunk: Sequence[TargetView]) -> None:
+        names = list(map(_name, chunk))
+        if _needs_escape(names):
+            names = list(map(escape_label, names))
+        states = list(map(_state, chunk))
+        groups = {
+            s: list(compress(names, map(eq, states, repeat(s)))) for s in dict.fromkeys(states)
+        }
+        for state, group in groups.items():
+            self.by_state[state] = self.by_state.get(state, 0) + len(group)
+        up = [n for s, g in groups.items() if s in UP_STATES for n in g]
+        down = [n for s, g in groups.items() if s not in UP_STATES for n in g]
+        self.up.append((_joined(_UP, up, '"} 1\n') + _joined(_UP, down, '"} 0\n')).encode())
+        self.state.append(
+            "".join(
+                _joined(_STATE, group, _STATE_END[label][int(state == label)])
+                for label in STATES
+                for state, group in groups.items()
+            ).encode()
+        )
+        rtts = [
+            f'{n}",kind="last"}} {t.rtt_s:.6f}\n'
+            for n, t in zip(names, chunk, strict=True)
+            if t.rtt_s is not None
+        ]
+        rtts += [
+            f'{n}",kind="srtt"}} {t.srtt_s:.6f}\n'
+            for n, t in zip(names, chunk, strict=True)
+            if t.srtt_s is not None
+        ]
+        if rtts:
+            self.rtt.append((_RTT + _RTT.join(rtts)).encode())
+        self.probes.append(
+            "".join(
+                [
+                    f'{_PROBES}{n}",result="success"}} {t.successes}\n'
+                    f'{_PROBES}{n}",result="rejected"}} '
+                    f"{t.failures - t.timeouts - t.transport_errors}\n"
+                    f'{_PROBES}{n}",result="timeout"}} {t.timeouts}\n'
+                    f'{_PROBES}{n}",result="transport_error"}} {t.transport_errors}\n'
+                    for n, t in zip(names, chunk, strict=True)
+                ]
+            ).encode()
+        )
+
+    def pieces(self) -> list[bytes]:
+        return [
+            header(
+                "sip_peer_up", "gauge", "1 if the target is reachable or lagged, else 0."
+            ).encode(),
+            *self.up,
+            header("sip_peer_state", "gauge", "1 for the target's current state.").encode(),
+            *self.state,
+            header("sip_peer_rtt_seconds", "gauge", "Round-trip time: last and smoothed.").encode(),
+            *self.rtt,
+            header("sip_probes_total", "counter", "Qualify probes by result.").encode(),
+            *self.probes,
+        ]
+
+
+def engine_metrics(stats: EngineStats, by_state: dict[str, int], render_s: float | None) -> str:
+    """The ``sipalive_*`` families: what the engine as a whole is doing."""
+    probes = stats.probes_total
+    out = [
+        header("sipalive_targets", "gauge", "Targets monitored."),
+        sample("sipalive_targets", stats.targets),
+        header("sipalive_targets_by_state", "gauge", "Targets per state."),
+        *(sample("sipalive_targets_by_state", n, [("state", s)]) for s, n in by_state.items()),
+        header("sipalive_probes_in_flight", "gauge", "Qualify probes awaiting their answer."),
+        sample("sipalive_probes_in_flight", stats.in_flight),
+        header("sipalive_probes_total", "counter", "Qualify probes by result, all targets."),
+        *(sample("sipalive_probes_total", n, [("result", r)]) for r, n in probes.items()),
+        header("sipalive_start_time_seconds", "gauge", "When the engine started, epoch seconds."),
+        sample("sipalive_start_time_seconds", stats.started_at),
+    ]
+    if stats.scheduler_lag_p99_s is not None:
+        out += [
+            header(
+                "sipalive_scheduler_lag_p99_seconds",
+                "gauge",
+                "99th percentile of the delay between a probe's due time and its send.",
+            ),
+            sample("sipalive_scheduler_lag_p99_seconds", stats.scheduler_lag_p99_s),
+        ]
+    if render_s is not None:
+        out += [
+            header("sipalive_metrics_render_seconds", "gauge", "Time the previous scrape took."),
+            sample("sipalive_metrics_render_seconds", render_s),
+        ]
+    return "".join(out)
+
+
+def process_metrics(proc: str = "/proc/self") -> str:
+    """``process_*`` as the Prometheus client libraries export them; empty without ``/proc``."""
+    try:
+        with open(f"{proc}/stat") as f:
+            stat = f.read()
+        with open("/proc/stat") as f:
+            btime = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        open_fds = len(os.listdir(f"{proc}/fd"))
+        with open(f"{proc}/limits") as f:
+            max_fds = next(line.split()[3] for line in f if line.startswith("Max open files"))
+    except (OSError, StopIteration, IndexError, ValueError):
+        return ""
+    # proc(5): the fields after "(comm)", numbered from 3 (state); comm may hold spaces.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    utime, stime, start = int(fields[14 - 3]), int(fields[15 - 3]), int(fields[22 - 3])
+    vsize, rss_pages = int(fields[23 - 3]), int(fields[24 - 3])
+    out = [
+        header("process_cpu_seconds_total", "counter", "User and system CPU time, seconds."),
+        sample("process_cpu_seconds_total", (utime + stime) / ticks),
+        header("process_resident_memory_bytes", "gauge", "Resident memory size, bytes."),
+        sample("process_resident_memory_bytes", rss_pages * os.sysconf("SC_PAGE_SIZE")),
+        header("process_virtual_memory_bytes", "gauge", "Virtual memory size, bytes."),
+        sample("process_virtual_memory_bytes", vsize),
+        header("process_start_time_seconds", "gauge", "Start time of the process, epoch seconds."),
+        sample("process_start_time_seconds", btime + start / ticks),
+        header("process_open_fds", "gauge", "Open file descriptors."),
+        sample("process_open_fds", open_fds),
+    ]
+    if max_fds.isdigit():
+        out += [
+            header("process_max_fds", "gauge", "Limit on open file descriptors."),
+            sample("process_max_fds", int(max_fds)),
+        ]
+    return "".join(out)
+
+
+async def render_metrics(
+    view: MonitorView, *, chunk: int = CHUNK, previous_render_s: float | None = None
+) -> list[bytes]:
+    """The ``/metrics`` body as pieces to stream, yielding to the loop every ``chunk`` targets."""
+    targets = view.targets()
+    stats = view.stats()
+    families = TargetFamilies()
+    for start in range(0, len(targets), chunk):
+        families.add(targets[start : start + chunk])
+        await asyncio.sleep(0)
+    tail = engine_metrics(stats, families.by_state, previous_render_s) + process_metrics()
+    return [*families.pieces(), tail.encode()]
+
+
+def render_probe(report: ProbeReport) -> str:
+    """The ``/probe`` body, blackbox_exporter style."""
+    out = [
+        header("probe_success", "gauge", "1 if the probe succeeded, else 0."),
+        sample("probe_success", int(report.success)),
+        header("probe_duration_seconds", "gauge", "How long the probe took, seconds."),
+        sample("probe_duration_seconds", report.duration_s),
+        header(
+            "probe_sip_status_code",
+            "gauge",
+            "Status code of the final response (408 timeout, 503 transport error); 0 if none.",
+        ),
+        sample("probe_sip_status_code", report.status or 0),
+    ]
+    if report.phases:
+        out.append(header("probe_phase_duration_seconds", "gauge", "Duration of each phase."))
+        out += [
+            sample("probe_phase_duration_seconds", seconds, [("phase", phase)])
+            for phase, seconds in report.phases.items()
+        ]
+    return "".join(out)
