@@ -232,3 +232,35 @@ def test_respond_bad_usage() -> None:
     r = sipalive("respond", "--listen", "tls:127.0.0.1:5061")
     assert r.returncode == 2
     assert "certificate" in r.stderr
+
+
+def test_flood_with_failures_exits_1_and_sigterm_is_clean() -> None:
+    import signal
+    import subprocess
+
+    from procs import BIN
+
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    try:
+        target = f"127.0.0.1:{silent.getsockname()[1]}"
+        r = sipalive("ping", "--flood", "-c", "20", "--window", "10", "--t1", "0.05",
+                     "--retransmits", "0", "--json", target)  # fmt: skip
+        assert r.returncode == 1
+        assert json.loads(r.stdout.splitlines()[-1])["failures"] == 20
+        proc = subprocess.Popen(
+            [str(BIN), "ping", "--flood", "-c", "100000", "--window", "10", "--t1", "0.05",
+             "--json", target],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        time.sleep(0.7)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+        assert "Traceback" not in err
+        assert "Exception" not in err
+        summary = json.loads(out.splitlines()[-1])
+        assert summary["type"] == "summary"
+        assert 0 < summary["sent"] < 100000
+        assert proc.returncode == 1
+    finally:
+        silent.close()

@@ -74,9 +74,7 @@ async def _scenario() -> None:
     finally:
         peer.close()
         spoofer.close()
-        assert endpoint.transport is not None
-        endpoint.transport.close()
-        await asyncio.sleep(0)
+        await endpoint.aclose()
 
 
 def test_shared_endpoint() -> None:

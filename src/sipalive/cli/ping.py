@@ -363,6 +363,9 @@ async def _flood(prober: Prober, count: int, window: int) -> None:
     state = {"started": 0, "finished": 0}
 
     def launch() -> None:
+        if done.is_set() or prober.flow is None or prober.flow.closed:
+            done.set()  # stopped (signal) or the flow is gone: launch nothing more
+            return
         state["started"] += 1
         seq = state["started"]
         future = prober.start_probe(seq)
@@ -415,6 +418,14 @@ async def _main(args: argparse.Namespace) -> int:
         driver.cancel_all("interrupted")
     for p in probers:
         p.print_summary()
+    if args.flood:
+        # the flood is a zero-failure measurement: any non-2xx or lost transaction fails it
+        failed = any(
+            p.stats.sent
+            != p.stats.codes.get(200, 0) + sum(v for k, v in p.stats.codes.items() if 200 < k < 300)
+            for p in probers
+        )
+        return 1 if failed or not all(p.stats.sent for p in probers) else 0
     return 0 if all(p.stats.answered > 0 for p in probers) else 1
 
 

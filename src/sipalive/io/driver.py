@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from sipalive import clock
+from sipalive.errors import TransportError
 from sipalive.sip.message import Response
 from sipalive.sip.transaction import (
     ClientTransaction,
@@ -118,7 +119,7 @@ class TransactionDriver:
             if isinstance(event, Transmit):
                 try:
                     pending.flow.send(event.data)
-                except OSError as exc:
+                except (OSError, TransportError) as exc:
                     self._apply(pending, txn.transport_error(clock.monotonic(), str(exc)))
                     return
             elif isinstance(event, Completed):

@@ -133,12 +133,25 @@ class StreamFlow(asyncio.Protocol):
             self.transport.close()
 
 
-async def open_udp(driver: TransactionDriver, address: str, port: int) -> UdpFlow:
+UDP_RCVBUF = 4 * 1024 * 1024  # a flood's answers arrive in bursts; the default 208 KiB drops them
+
+
+async def open_udp(
+    driver: TransactionDriver, address: str, port: int, rcvbuf: int = UDP_RCVBUF
+) -> UdpFlow:
+    """A connected UDP socket (so that ICMP errors reach it), with a large receive buffer
+    (capped by net.core.rmem_max)."""
     loop = asyncio.get_running_loop()
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    _, flow = await loop.create_datagram_endpoint(
-        lambda: UdpFlow(driver), remote_addr=(address, port), family=family
-    )
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        sock.connect((address, port))
+    except OSError:
+        sock.close()
+        raise
+    _, flow = await loop.create_datagram_endpoint(lambda: UdpFlow(driver), sock=sock)
     return flow
 
 

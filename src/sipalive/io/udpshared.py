@@ -64,8 +64,10 @@ class SharedUdpEndpoint(asyncio.DatagramProtocol):
         self.icmp_errors = 0
         self.on_other: Callable[[bytes, tuple[str, int]], None] | None = None
         self._errq: socket.socket | None = None
+        self._lost: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._lost = asyncio.get_running_loop().create_future()
         self.transport = cast(asyncio.DatagramTransport, transport)
         name = self.transport.get_extra_info("sockname")
         self.local = (name[0], name[1])
@@ -79,6 +81,15 @@ class SharedUdpEndpoint(asyncio.DatagramProtocol):
         if self._errq is not None:
             self._errq.close()
             self._errq = None
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
+
+    async def aclose(self) -> None:
+        """Close the socket and wait until the transport has let go of it."""
+        if self.transport is not None:
+            self.transport.close()
+        if self._lost is not None:
+            await asyncio.wait_for(asyncio.shield(self._lost), 5.0)
 
     def flow(self, addr: tuple[str, int]) -> PeerFlow:
         return PeerFlow(self, addr)

@@ -219,8 +219,7 @@ class MonitorEngine:
         if self.wheel is not None:
             self.wheel.close()
         for endpoint in self.udp.values():
-            if endpoint.transport is not None:
-                endpoint.transport.close()
+            await endpoint.aclose()
         self.writer.upsert_targets([rt.row() for rt in self.runtimes.values()])
         await asyncio.sleep(0)
 
