@@ -90,6 +90,7 @@ async def _scenario(tmp_path: Path) -> None:
                 assert views["closed"].last_error == "ICMP port unreachable"
                 assert views["silent"].last_status == 408
                 assert views["alive-tcp"].transport == "tcp"
+                assert len(engine.udp) == 1  # one shared socket, however many UDP targets
                 stats = engine.stats()
                 assert stats.targets == 5
                 assert stats.probes_total["success"] >= 2

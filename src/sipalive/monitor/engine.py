@@ -175,6 +175,7 @@ class MonitorEngine:
         self.driver: TransactionDriver | None = None
         self.wheel: TimerWheel | None = None
         self.udp: dict[int, SharedUdpEndpoint] = {}
+        self._udp_opening: dict[int, asyncio.Future[SharedUdpEndpoint]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handle: asyncio.TimerHandle | None = None
         self._armed_for: float | None = None
@@ -537,11 +538,19 @@ class MonitorEngine:
     # -- flows and keep-alives ------------------------------------------------------------
 
     async def _udp_endpoint(self, address: str) -> SharedUdpEndpoint:
+        """The one socket of this address family; the first caller opens it, and callers
+        arriving meanwhile wait for that same opening (never a second socket)."""
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         endpoint = self.udp.get(family)
-        if endpoint is None:
-            host = "::" if family == socket.AF_INET6 else "0.0.0.0"
-            endpoint = await open_shared_udp(self._driver, host, 0, self.udp_rcvbuf)
+        if endpoint is not None:
+            return endpoint
+        opening = self._udp_opening.get(family)
+        if opening is None:
+            host = "::" if family == socket.AF_INET6 else "0.0.0.0"  # a client socket
+            opening = asyncio.ensure_future(open_shared_udp(self._driver, host, 0, self.udp_rcvbuf))
+            self._udp_opening[family] = opening
+        endpoint = await asyncio.shield(opening)
+        if family not in self.udp:
             endpoint.on_other = self._udp_other
             self.udp[family] = endpoint
         return endpoint
