@@ -134,3 +134,24 @@ def test_tcp_request_without_rport_keeps_via() -> None:
     assert resp.headers.get("Via") == req.headers.get(
         "Via",
     ).replace(";rport", "")  # type: ignore[union-attr]
+
+
+def test_fuzz_regressions_get_answered_or_dropped() -> None:
+    """Inputs the atheris target once crashed on (tests/data/fuzz-regressions)."""
+    from pathlib import Path
+
+    folder = Path(__file__).parent / "data" / "fuzz-regressions"
+    cases = sorted(folder.glob("*.bin"))
+    assert cases
+    for case in cases:
+        reply = StatelessResponder().handle_datagram(case.read_bytes(), SRC)
+        assert reply is None or reply.data.startswith(b"SIP/2.0 ")
+
+
+def test_malformed_require_is_a_400() -> None:
+    data = options().encode().replace(b"Accept:", b'Require: a, "open\r\nAccept:')
+    reply = StatelessResponder().handle_datagram(data, SRC)
+    assert reply is not None
+    assert reply.status == 400
+    assert reply.error == "unterminated quoted-string"
+    assert parse_message(reply.data).to.tag

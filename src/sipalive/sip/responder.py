@@ -121,11 +121,16 @@ class StatelessResponder:
         scheme = uri_scheme(req.uri)
         if scheme not in SUPPORTED_SCHEMES:
             return self._reply(req, 416, source, transport, [])
-        required = [
-            opt
-            for value in req.headers.get_all("require")
-            if (opt := value.strip()) and opt not in self.config.supported
-        ]
+        try:  # list headers are split only now: a malformed one is still the client's 400
+            required = [
+                opt
+                for value in req.headers.get_all("require")
+                if (opt := value.strip()) and opt not in self.config.supported
+            ]
+        except ParseError as exc:
+            warning = exc.reason.replace('"', "'")[:120]
+            reply = self._reply(req, 400, source, transport, [("Warning", f'399 - "{warning}"')])
+            return Reply(reply.data, reply.addr, reply.kind, 400, req.method, exc.reason)
         if required:
             return self._reply(req, 420, source, transport, [("Unsupported", ", ".join(required))])
         extra: list[tuple[str, str]] = [("Allow", self._allow)]
