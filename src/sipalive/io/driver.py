@@ -9,18 +9,16 @@ dropped, so spoofed or late answers change nothing.
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from sipalive import clock
 from sipalive.errors import TransportError
+from sipalive.io.timers import TimerWheel
 from sipalive.sip.message import Response
 from sipalive.sip.transaction import (
     ClientTransaction,
     Completed,
-    Event,
     Provisional,
     TransactionResult,
     Transmit,
@@ -57,13 +55,13 @@ class _Pending:
 
 
 class TransactionDriver:
+    """Starts client transactions, routes responses and errors to them, and runs their
+    timers on one TimerWheel (one loop timer for all of them)."""
+
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.loop = loop or asyncio.get_running_loop()
         self._pending: dict[tuple[str, str], _Pending] = {}
-        self._heap: list[tuple[float, int, tuple[str, str]]] = []
-        self._seq = itertools.count()
-        self._handle: asyncio.TimerHandle | None = None
-        self._armed_for: float | None = None
+        self._wheel = TimerWheel(self.loop)
         self.unmatched = 0
 
     def __len__(self) -> int:
@@ -78,7 +76,9 @@ class TransactionDriver:
         future: asyncio.Future[TransactionResult] = self.loop.create_future()
         pending = _Pending(txn, flow, future, on_provisional)
         self._pending[txn.key()] = pending
-        self._apply(pending, txn.start(clock.monotonic()))
+        events = txn.start(clock.monotonic())
+        self._wheel.add(txn, lambda evs: self._apply(pending, evs, from_timer=True))
+        self._apply(pending, events, from_timer=True)
         return future
 
     def on_response(self, response: Response, source: tuple[str, int] | None = None) -> bool:
@@ -113,7 +113,7 @@ class TransactionDriver:
         for pending in list(self._pending.values()):
             self._apply(pending, pending.txn.transport_error(now, detail))
 
-    def _apply(self, pending: _Pending, events: list[Event]) -> None:
+    def _apply(self, pending: _Pending, events: Sequence[object], from_timer: bool = False) -> None:
         txn = pending.txn
         for event in events:
             if isinstance(event, Transmit):
@@ -127,38 +127,10 @@ class TransactionDriver:
                     pending.future.set_result(event.result)
             elif isinstance(event, Provisional) and pending.on_provisional is not None:
                 pending.on_provisional(event.response)
-        when = txn.get_timer()
-        key = txn.key()
-        if when is None:
+        if txn.get_timer() is None:
+            key = txn.key()
             if self._pending.get(key) is pending:
                 del self._pending[key]
-            return
-        heapq.heappush(self._heap, (when, next(self._seq), key))
-        if self._armed_for is None or when < self._armed_for:
-            self._arm(when)
-
-    def _arm(self, when: float) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-        self._armed_for = when
-        # uvloop's loop.time() ticks in whole milliseconds: schedule from our own clock
-        self._handle = self.loop.call_later(max(0.0, when - clock.monotonic()), self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._handle = None
-        self._armed_for = None
-        now = clock.monotonic()
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            _, _, key = heapq.heappop(heap)
-            pending = self._pending.get(key)
-            if pending is None:
-                continue
-            current = pending.txn.get_timer()
-            if current is None or current > now:
-                continue  # stale entry; the live one is further down the heap
-            self._apply(pending, pending.txn.handle_timer(now))
-        while heap and self._pending.get(heap[0][2]) is None:
-            heapq.heappop(heap)
-        if heap:
-            self._arm(heap[0][0])
+            self._wheel.remove(txn)
+        elif not from_timer:
+            self._wheel.touch(txn)  # a response or an error moved its deadline
