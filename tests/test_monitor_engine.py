@@ -126,3 +126,73 @@ async def _scenario(tmp_path: Path) -> None:
 
 def test_engine_states_and_persistence(tmp_path: Path) -> None:
     asyncio.run(_scenario(tmp_path))
+
+
+async def _reset_scenario(tmp_path: Path) -> None:
+    import struct
+
+    from sipalive.sip.framing import MessageReceived, StreamFramer
+    from sipalive.sip.message import Request
+    from sipalive.sip.responder import StatelessResponder
+
+    responder = StatelessResponder()
+    conns: list[asyncio.StreamWriter] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conns.append(writer)
+        framer = StreamFramer()
+        peer = writer.get_extra_info("peername")
+        while data := await reader.read(65536):
+            for ev in framer.receive(data):
+                if isinstance(ev, MessageReceived) and isinstance(ev.message, Request):
+                    reply = responder.handle_request(ev.message, peer, "tcp")
+                    assert reply is not None
+                    writer.write(reply.data)
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    # "tcp-peer-19" hashes to the start of the 30 s spread: its first probe goes out at once
+    port = server.sockets[0].getsockname()[1]
+    db = tmp_path / "r.db"
+    cfg = parse_config(
+        f"""
+[storage]
+path = "{db}"
+[[targets]]
+name = "tcp-peer-19"
+uri = "sip:ping@127.0.0.1:{port};transport=tcp"
+qualify_frequency = 30
+qualify_timeout = 1
+""",
+        "r.toml",
+    )
+    store_w, store_r = Store(db), Store(db)
+    writer = StoreWriter(store_w)
+    dispatcher = EventDispatcher(writer, [], lines=JsonLineSink(io.StringIO()))
+    engine = MonitorEngine(cfg, store=store_r, writer=writer, dispatcher=dispatcher)
+    await dispatcher.start()
+    await engine.start()
+    try:
+        assert (await _wait(engine, {"tcp-peer-19": "reachable"}, 35.0))["tcp-peer-19"] == "reachable"
+        sock = conns[0].get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conns[0].close()  # RST: the kept connection fails with ECONNRESET
+        t0 = time.monotonic()
+        states = await _wait(engine, {"tcp-peer-19": "unreachable"}, 3.0)
+        assert states["tcp-peer-19"] == "unreachable"
+        assert time.monotonic() - t0 < 3.0  # not the next probe, 30 s away
+        view = engine.target("tcp-peer-19")
+        assert view is not None
+        assert view.last_error is not None
+        assert view.last_error.startswith("connection failed")
+    finally:
+        await engine.close()
+        await dispatcher.close()
+        writer.close()
+        server.close()
+        await server.wait_closed()
+        store_r.close()
+        store_w.close()
+
+
+def test_kept_connection_failure_is_unreachable_at_once(tmp_path: Path) -> None:
+    asyncio.run(_reset_scenario(tmp_path))

@@ -82,7 +82,8 @@ class StreamFlow(asyncio.Protocol):
         self.stats = FlowStats()
         self.closed = False
         self.on_pong: Callable[[], None] | None = None
-        self.on_close: Callable[[str], None] | None = None
+        # called with the error that ended the connection (None: closed cleanly by the peer)
+        self.on_close: Callable[[Exception | None], None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
@@ -114,7 +115,7 @@ class StreamFlow(asyncio.Protocol):
             detail = f"connection lost: {exc}" if exc else "connection closed by peer"
             self.driver.on_transport_error(self, detail)
             if self.on_close is not None:
-                self.on_close(detail)
+                self.on_close(exc)
 
     def _fail(self, detail: str) -> None:
         self.closed = True

@@ -381,7 +381,7 @@ class MonitorEngine:
                 if sock is not None:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, s.tcp_user_timeout)
             rt.flow = flow
-            flow.on_close = lambda detail, rt=rt: self._flow_closed(rt, detail)
+            flow.on_close = lambda exc, rt=rt: self._flow_closed(rt, exc)
             local = flow.local
             self._start_crlf(rt, flow)
         else:
@@ -651,10 +651,23 @@ class MonitorEngine:
         if self.wheel is not None:
             self.wheel.touch(rt.stun_ka)
 
-    def _flow_closed(self, rt: Runtime, detail: str) -> None:
-        if rt.flow is not None and isinstance(rt.flow, StreamFlow) and rt.flow.closed:
-            self._stop_keepalives(rt)
-            rt.flow = None
+    def _flow_closed(self, rt: Runtime, exc: Exception | None) -> None:
+        """The kept connection ended. A clean close by the peer only means reconnecting at
+        the next probe; an error (TCP keep-alive or TCP_USER_TIMEOUT expiry: ETIMEDOUT, a
+        reset) means the path failed: Unreachable at once, as for a missing CRLF pong."""
+        if not (isinstance(rt.flow, StreamFlow) and rt.flow.closed):
+            return
+        self._stop_keepalives(rt)
+        rt.flow = None
+        rt.template = None
+        rt.view = None
+        if exc is not None and not self._closing:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            log.info("%s: connection failed (%s)", rt.name, reason)
+            rt.last_error = f"connection failed: {reason}"
+            transition = rt.q.on_flow_failed(self._wall(), "connection-failed")
+            if transition is not None:
+                self._emit(rt, transition)
 
     def _stop_keepalives(self, rt: Runtime) -> None:
         for machine in (rt.crlf, rt.udp_ka, rt.stun_ka):
