@@ -264,3 +264,37 @@ def test_flood_with_failures_exits_1_and_sigterm_is_clean() -> None:
         assert proc.returncode == 1
     finally:
         silent.close()
+
+
+def test_respond_cuts_off_slow_loris_and_oversized_input() -> None:
+    with respond("--message-timeout", "0.5") as resp:
+        with socket.create_connection(("127.0.0.1", resp.port), 2) as slow:
+            slow.settimeout(3)
+            t0 = time.monotonic()
+            closed_at = None
+            for byte in b"OPTIONS sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:9\r\n" * 3:
+                try:
+                    slow.sendall(bytes([byte]))
+                except OSError:
+                    closed_at = time.monotonic()
+                    break
+                time.sleep(0.02)  # active all the time, never finishing the message
+                if time.monotonic() - t0 > 4:
+                    break
+            if closed_at is None:
+                assert slow.recv(100) == b""  # closed by the responder
+                closed_at = time.monotonic()
+            assert closed_at - t0 < 2.5
+        with socket.create_connection(("127.0.0.1", resp.port), 2) as big:
+            big.settimeout(3)
+            big.sendall(b"OPTIONS sip:x@127.0.0.1 SIP/2.0\r\nX-Big: " + b"a" * 70000)
+            data = b""
+            while chunk := big.recv(4096):
+                data += chunk
+            assert data == b"" or data.startswith(b"SIP/2.0 413")  # cut off, connection closed
+        assert (
+            sipalive("check", "-H", "127.0.0.1", "-p", str(resp.port), "-T", "tcp").returncode == 0
+        )
+    log = resp.log()
+    assert "message not completed in time; closing" in log
+    assert "413 (header section too large); closing" in log

@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate-limit", metavar="N/s", help="per-source request limit")
     p.add_argument("--server-header", default="sipalive/0.1", help="Server header ('' = none)")
     p.add_argument("--idle-timeout", default="300", help="close idle TCP/TLS connections")
+    p.add_argument(
+        "--message-timeout", default="10", help="close a connection whose message is unfinished"
+    )
     p.add_argument("--duration", help="stop after this long (default: run until SIGTERM)")
     p.add_argument("--reuse-port", action="store_true", help="SO_REUSEPORT (several processes)")
     p.add_argument("--rcvbuf", type=int, help="SO_RCVBUF for UDP listeners, octets")
@@ -78,6 +81,7 @@ async def _serve(args: argparse.Namespace) -> int:
     )
     listener = Listener(StatelessResponder(config), admission)
     listener.idle_timeout = parse_duration(args.idle_timeout, "--idle-timeout")
+    listener.message_timeout = parse_duration(args.message_timeout, "--message-timeout")
     try:
         opened = await start_listeners(listener, specs, tls_ctx, args.reuse_port, args.rcvbuf)
     except OSError as exc:

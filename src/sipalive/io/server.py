@@ -48,11 +48,14 @@ class Listener:
         admission: Admission,
         log: Callable[[str], None] = log_line,
         idle_timeout: float = 300.0,
+        message_timeout: float = 10.0,
     ) -> None:
         self.responder = responder
         self.admission = admission
         self.log = log
         self.idle_timeout = idle_timeout
+        # a message started must be complete within this (slow-loris guard)
+        self.message_timeout = message_timeout
         self.stats = ServerStats()
         self.connections: set[StreamServerProtocol] = set()
 
@@ -99,6 +102,7 @@ class StreamServerProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: tuple[str, int] = ("", 0)
         self.last_activity = time.monotonic()
+        self.partial_since: float | None = None  # when the unfinished message began
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
@@ -131,6 +135,10 @@ class StreamServerProtocol(asyncio.Protocol):
                 self.transport.write(reply.data)
             self._close()
             return
+        if self.framer.buffered == 0:
+            self.partial_since = None
+        elif self.partial_since is None or events:
+            self.partial_since = now
         assert self.transport is not None
         for event in events:
             if isinstance(event, PingReceived):
@@ -207,10 +215,22 @@ async def start_listeners(
     return opened
 
 
-async def sweep_idle(listener: Listener, period: float = 5.0) -> None:
-    """Close stream connections idle for longer than ``listener.idle_timeout``."""
+async def sweep_idle(listener: Listener, period: float | None = None) -> None:
+    """Close stream connections idle for longer than ``listener.idle_timeout``, and those
+    whose unfinished message is older than ``listener.message_timeout`` (a slow-loris client
+    trickling a header never gets to hold a connection by merely staying active)."""
+    if period is None:
+        period = max(0.05, min(5.0, listener.message_timeout / 4, listener.idle_timeout / 4))
     while True:
         await asyncio.sleep(period)
-        cutoff = time.monotonic() - listener.idle_timeout
-        for conn in [c for c in listener.connections if c.last_activity < cutoff]:
-            conn._close()
+        now = time.monotonic()
+        idle_cutoff = now - listener.idle_timeout
+        partial_cutoff = now - listener.message_timeout
+        for conn in list(listener.connections):
+            if conn.last_activity < idle_cutoff:
+                conn._close()
+            elif conn.partial_since is not None and conn.partial_since < partial_cutoff:
+                listener.stats.client_errors += 1
+                where = f"{conn.name} {conn.peer[0]}:{conn.peer[1]}"
+                listener.log(f"{where}: message not completed in time; closing")
+                conn._close()
