@@ -172,7 +172,9 @@ qualify_timeout = 1
     await dispatcher.start()
     await engine.start()
     try:
-        assert (await _wait(engine, {"tcp-peer-19": "reachable"}, 35.0))["tcp-peer-19"] == "reachable"
+        assert (await _wait(engine, {"tcp-peer-19": "reachable"}, 35.0))[
+            "tcp-peer-19"
+        ] == "reachable"
         sock = conns[0].get_extra_info("socket")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         conns[0].close()  # RST: the kept connection fails with ECONNRESET
@@ -196,3 +198,84 @@ qualify_timeout = 1
 
 def test_kept_connection_failure_is_unreachable_at_once(tmp_path: Path) -> None:
     asyncio.run(_reset_scenario(tmp_path))
+
+
+async def _spoof_scenario(tmp_path: Path) -> None:
+    from sipalive.sip.responder import StatelessResponder
+
+    victim = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # gets probes, never answers
+    victim.bind(("127.0.0.1", 0))
+    victim.setblocking(False)
+    attacker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    attacker.bind(("127.0.0.1", 0))
+    attacker.setblocking(False)
+    db = tmp_path / "s.db"
+    with respond() as resp:
+        cfg = parse_config(
+            f"""
+[storage]
+path = "{db}"
+[defaults]
+qualify_frequency = 0.2
+qualify_timeout = 0.15
+unreachable_frequency = 0.2
+t1 = 0.05
+[[targets]]
+name = "alive"
+uri = "sip:ping@127.0.0.1:{resp.port}"
+[[targets]]
+name = "victim"
+uri = "sip:ping@127.0.0.1:{victim.getsockname()[1]}"
+""",
+            "s.toml",
+        )
+        store_w, store_r = Store(db), Store(db)
+        writer = StoreWriter(store_w)
+        dispatcher = EventDispatcher(writer, [], lines=JsonLineSink(io.StringIO()))
+        engine = MonitorEngine(cfg, store=store_r, writer=writer, dispatcher=dispatcher)
+        await dispatcher.start()
+        await engine.start()
+        try:
+            want = {"alive": "reachable", "victim": "unreachable"}
+            assert await _wait(engine, want, 5.0) == want
+            endpoint = engine.udp[socket.AF_INET]
+            target_addr = ("127.0.0.1", endpoint.local[1])
+            alive_before = engine.target("alive").probes  # type: ignore[union-attr]
+            spoofed = garbage = 0
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:  # bounded in time
+                # answer every probe the victim got, correctly, but from the attacker's port
+                for _ in range(50):
+                    try:
+                        data, src = victim.recvfrom(65536)
+                    except BlockingIOError:
+                        break
+                    reply = StatelessResponder().handle_datagram(data, src)
+                    if reply is not None:
+                        attacker.sendto(reply.data, target_addr)
+                        spoofed += 1
+                for i in range(200):
+                    attacker.sendto(b"SIP/2.0 200 OK\r\nVia: garbage %d\r\n\r\n" % i, target_addr)
+                    attacker.sendto(bytes([i % 256]) * 64, target_addr)
+                    garbage += 2
+                await asyncio.sleep(0.01)
+            assert spoofed >= 5
+            assert garbage >= 10_000
+            states = {t.name: t.state for t in engine.targets()}
+            assert states == want  # nothing the attacker sent changed a state
+            alive_after = engine.target("alive").probes  # type: ignore[union-attr]
+            assert alive_after - alive_before >= 5  # the other probes kept going (0.2 s period)
+            assert endpoint.spoofed >= spoofed
+            assert endpoint.malformed + endpoint.received >= garbage
+        finally:
+            await engine.close()
+            await dispatcher.close()
+            writer.close()
+            store_r.close()
+            store_w.close()
+            victim.close()
+            attacker.close()
+
+
+def test_garbage_and_spoofed_answers_change_nothing(tmp_path: Path) -> None:
+    asyncio.run(_spoof_scenario(tmp_path))
