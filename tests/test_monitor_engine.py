@@ -279,3 +279,49 @@ uri = "sip:ping@127.0.0.1:{victim.getsockname()[1]}"
 
 def test_garbage_and_spoofed_answers_change_nothing(tmp_path: Path) -> None:
     asyncio.run(_spoof_scenario(tmp_path))
+
+
+async def _prune_scenario(tmp_path: Path) -> None:
+    from sipalive.store.sqlite import TransitionRow
+
+    db = tmp_path / "p.db"
+    with Store(db) as seed:
+        old = time.time() - 40 * 86400
+        seed.add_transitions([TransitionRow("x", old, "unknown", "reachable", "code 200", 0.001)])
+        seed.add_transitions([TransitionRow("x", time.time(), "reachable", "lagged", "rtt", 0.2)])
+    cfg = parse_config(
+        f"""
+[storage]
+path = "{db}"
+retention_days = 30
+[[targets]]
+name = "x"
+uri = "sip:x@127.0.0.1:9"
+qualify_frequency = 0
+""",
+        "p.toml",
+    )
+    store_w, store_r = Store(db), Store(db)
+    writer = StoreWriter(store_w)
+    dispatcher = EventDispatcher(writer, [], lines=JsonLineSink(io.StringIO()))
+    engine = MonitorEngine(cfg, store=store_r, writer=writer, dispatcher=dispatcher)
+    await dispatcher.start()
+    await engine.start()
+    try:
+        for _ in range(100):  # bounded: the first prune runs right after start
+            if len(store_r.history("x")) == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert [(h.from_state, h.to_state) for h in store_r.history("x")] == [
+            ("reachable", "lagged")
+        ]
+    finally:
+        await engine.close()
+        await dispatcher.close()
+        writer.close()
+        store_r.close()
+        store_w.close()
+
+
+def test_history_older_than_retention_is_pruned(tmp_path: Path) -> None:
+    asyncio.run(_prune_scenario(tmp_path))

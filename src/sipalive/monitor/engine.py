@@ -50,12 +50,13 @@ from sipalive.sip.transaction import (
     TransactionResult,
 )
 from sipalive.sip.uri import parse_uri
-from sipalive.store.sqlite import Store, StoreWriter, TargetRow, TransitionRow
+from sipalive.store.sqlite import PruneResult, Store, StoreWriter, TargetRow, TransitionRow
 from sipalive.stun import codec as stun
 
 log = logging.getLogger("sipalive.monitor")
 
 RESOLVE_TTL = 300.0  # seconds a resolution is reused (the resolver does not report DNS TTLs)
+PRUNE_PERIOD = 3600.0  # how often history older than [storage] retention_days is deleted
 
 
 def qualify_settings(s: TargetSettings) -> QualifySettings:
@@ -188,6 +189,7 @@ class MonitorEngine:
         self.counts = {"success": 0, "failure": 0, "timeout": 0, "transport_error": 0}
         self.started_at = wall()
         self._closing = False
+        self._prune_handle: asyncio.TimerHandle | None = None
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -202,6 +204,7 @@ class MonitorEngine:
         # the targets live as long as the process: keep the collector from walking them
         gc.collect()
         gc.freeze()
+        self._schedule_prune(0.0)
         self._arm()
         log.info("monitor started: %d targets", len(self.runtimes))
 
@@ -209,6 +212,8 @@ class MonitorEngine:
         self._closing = True
         if self._handle is not None:
             self._handle.cancel()
+        if self._prune_handle is not None:
+            self._prune_handle.cancel()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -307,6 +312,23 @@ class MonitorEngine:
                 continue
             self._launch(rt, now)
         self._arm()
+
+    def _schedule_prune(self, delay: float) -> None:
+        if self._loop is not None and not self._closing:
+            self._prune_handle = self._loop.call_later(delay, self._prune)
+
+    def _prune(self) -> None:
+        """Retention: off the loop (the store serialises its connection), then again later."""
+        assert self._loop is not None
+        days = self.config.storage.retention_days
+        future = self._loop.run_in_executor(None, self.store.prune, days, self._wall())
+
+        def done(f: asyncio.Future[PruneResult]) -> None:
+            if not f.cancelled() and f.exception() is not None:
+                log.error("pruning the history failed: %s", f.exception())
+            self._schedule_prune(PRUNE_PERIOD)
+
+        future.add_done_callback(done)
 
     # -- probing ----------------------------------------------------------------------------
 
