@@ -611,10 +611,8 @@ class MonitorEngine:
                     pass
             elif isinstance(event, crlf_ka.FlowFailed):
                 log.info("%s: no CRLF pong (%s); flow failed", rt.name, event.reason)
-                transition = rt.q.on_flow_failed(self._wall(), "no-pong")
-                if transition is not None:
-                    self._emit(rt, transition)
                 self._drop_flow(rt)
+                self._flow_failed(rt, "no-pong")
 
     def _start_udp_keepalive(self, rt: Runtime) -> None:
         s = rt.settings
@@ -653,9 +651,7 @@ class MonitorEngine:
                 )
             elif isinstance(event, crlf_ka.FlowFailed):
                 log.info("%s: STUN keep-alive failed (%s)", rt.name, event.reason)
-                transition = rt.q.on_flow_failed(self._wall(), "stun-failed")
-                if transition is not None:
-                    self._emit(rt, transition)
+                self._flow_failed(rt, "stun-failed")
 
     def _udp_other(self, data: bytes, source: tuple[str, int]) -> None:
         if not stun.is_stun(data):
@@ -687,9 +683,19 @@ class MonitorEngine:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             log.info("%s: connection failed (%s)", rt.name, reason)
             rt.last_error = f"connection failed: {reason}"
-            transition = rt.q.on_flow_failed(self._wall(), "connection-failed")
-            if transition is not None:
-                self._emit(rt, transition)
+            self._flow_failed(rt, "connection-failed")
+
+    def _flow_failed(self, rt: Runtime, cause: str) -> None:
+        """A keep-alive or the kept connection says the path is dead: Unreachable at once,
+        and the next probe (which re-opens the flow) comes at ``unreachable_frequency``
+        rather than at the old deadline, up to ``qualify_frequency`` away."""
+        rt.view = None
+        transition = rt.q.on_flow_failed(self._wall(), cause)
+        if transition is not None:
+            self._emit(rt, transition)
+        if not rt.probing and rt.name in self.runtimes and rt.q.settings.qualified:
+            self.scheduler.reschedule(rt.name, rt.q.next_interval(), clock.monotonic())
+            self._arm()
 
     def _stop_keepalives(self, rt: Runtime) -> None:
         for machine in (rt.crlf, rt.udp_ka, rt.stun_ka):
