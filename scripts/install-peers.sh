@@ -2,7 +2,7 @@
 # Installs the real SIP peers the tests use. Idempotent; apt-get only when something is missing.
 # As root: installs. Not root: reports what is missing (those tests then skip, except under CI=true).
 set -euo pipefail
-PKGS=(sip-tester sipsak kamailio kamailio-tls-modules openssl iproute2 iptables conntrack procps
+PKGS=(sip-tester sipsak kamailio kamailio-tls-modules kamailio-websocket-modules openssl iproute2 iptables conntrack procps
       tshark hyperfine baresip-core chromium chromium-driver)
 missing=()
 for p in "${PKGS[@]}"; do

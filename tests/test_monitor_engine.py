@@ -325,3 +325,60 @@ qualify_frequency = 0
 
 def test_history_older_than_retention_is_pruned(tmp_path: Path) -> None:
     asyncio.run(_prune_scenario(tmp_path))
+
+
+async def _ws_scenario(tmp_path: Path) -> None:
+    db = tmp_path / "w.db"
+    ws_port = free_port("tcp")
+    with respond("--listen", f"ws:127.0.0.1:{ws_port}") as resp:
+        for _ in range(100):  # bounded: the ws listener comes up with the others
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", ws_port)) == 0:
+                    break
+            await asyncio.sleep(0.02)
+        cfg = parse_config(
+            f"""
+[storage]
+path = "{db}"
+[[targets]]
+name = "over-ws"
+uri = "sip:ping@127.0.0.1:{ws_port};transport=ws"
+qualify_frequency = 0.4
+qualify_timeout = 0.3
+unreachable_frequency = 0.4
+crlf_ping_interval = 0.2
+crlf_pong_timeout = 0.15
+""",
+            "w.toml",
+        )
+        store_w, store_r = Store(db), Store(db)
+        writer = StoreWriter(store_w)
+        dispatcher = EventDispatcher(writer, [], lines=JsonLineSink(io.StringIO()))
+        engine = MonitorEngine(cfg, store=store_r, writer=writer, dispatcher=dispatcher)
+        await dispatcher.start()
+        await engine.start()
+        try:
+            assert (await _wait(engine, {"over-ws": "reachable"}, 5.0))["over-ws"] == "reachable"
+            view = engine.target("over-ws")
+            assert view is not None
+            assert view.transport == "ws"
+            assert view.rtt_s is not None
+            await asyncio.sleep(0.6)  # a few WebSocket pings answered: still reachable
+            assert engine.target("over-ws").state == "reachable"  # type: ignore[union-attr]
+            assert "stopped:" not in resp.log()
+        except BaseException:
+            await engine.close()
+            raise
+    try:
+        states = await _wait(engine, {"over-ws": "unreachable"}, 3.0)
+        assert states["over-ws"] == "unreachable"
+    finally:
+        await engine.close()
+        await dispatcher.close()
+        writer.close()
+        store_r.close()
+        store_w.close()
+
+
+def test_qualify_over_websocket(tmp_path: Path) -> None:
+    asyncio.run(_ws_scenario(tmp_path))

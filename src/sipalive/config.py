@@ -42,7 +42,9 @@ auth_password[_env]         absent    the password inline or from an environment
 keep_alive_mode             "none"    UDP keep-alives: "crlf", "stun" or "none"
 keep_alive_interval         25 s      UDP keep-alive interval (jittered to 80-100%)
 crlf_ping_interval          0         TCP/TLS RFC 5626 CRLFCRLF ping interval; 0 = off
-crlf_pong_timeout           10 s      no CRLF pong within this: the flow has failed
+                                      (over ws/wss: the WebSocket Ping interval)
+crlf_pong_timeout           10 s      no CRLF (or WebSocket) pong within this: flow failed
+ws_path                     "/"       resource path of a ws/wss target (RFC 7118)
 tcp_keepalive_enable        false     kernel TCP keep-alive (Asterisk transport names and
 tcp_keepalive_idle_time     30 s      defaults); whole seconds
 tcp_keepalive_interval_time 10 s
@@ -125,6 +127,7 @@ class TargetSettings:
     transport: str | None = None
     from_uri: str | None = None
     user_agent: str | None = None
+    ws_path: str = "/"
     auth_username: str | None = None
     auth_password: Secret | None = None
     keep_alive_mode: str = "none"
@@ -433,6 +436,7 @@ _SETTINGS: dict[str, _Parser] = {
     "transport": _choice(*TRANSPORTS),
     "from_uri": _from_uri,
     "user_agent": _text,
+    "ws_path": _text,
     "auth_username": _text,
     "auth_password": _secret,
     "auth_password_env": _secret,  # resolved by _parse_layer

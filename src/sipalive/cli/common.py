@@ -8,7 +8,7 @@ from sipalive.sip.transaction import TimerConfig
 from sipalive.sip.uri import SipUri, parse_host_port, parse_uri
 
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
-TRANSPORT_NAMES = ("udp", "tcp", "tls")
+TRANSPORT_NAMES = ("udp", "tcp", "tls", "ws", "wss")
 
 
 class UsageError(Exception):

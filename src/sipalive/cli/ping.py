@@ -29,6 +29,7 @@ from sipalive.io.driver import TransactionDriver
 from sipalive.io.flows import StreamFlow, UdpFlow, open_stream, open_udp
 from sipalive.io.resolver import Target, resolve
 from sipalive.io.tlsctx import TlsOptions, client_context
+from sipalive.io.ws import WsFlow, open_ws
 from sipalive.sip.build import OptionsTemplate, format_host
 from sipalive.sip.transaction import ClientTransaction, TimerConfig, TransactionResult
 from sipalive.sip.uri import SipUri
@@ -43,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("targets", nargs="+", metavar="URI", help="sip:/sips: URI or host[:port]")
     p.add_argument("-c", "--count", default="0", help="probes per target (default: until ^C)")
     p.add_argument("-i", "--interval", default="1", help="time between probes (default 1s)")
-    p.add_argument("-T", "--transport", help="udp, tcp or tls (or ;transport= in the URI)")
+    p.add_argument("-T", "--transport", help="udp, tcp, tls, ws or wss (or ;transport= in the URI)")
+    p.add_argument("--ws-path", default="/", help="resource path for ws/wss (RFC 7118)")
     p.add_argument("--t1", help="RFC 3261 T1 (default 0.5s)")
     p.add_argument("--t2", help="RFC 3261 T2 (default 4s)")
     p.add_argument("--retransmits", help="at most N retransmissions, then give up when due")
@@ -139,7 +141,7 @@ class Prober:
         self.args = args
         self.out = out
         self.stats = Stats(text)
-        self.flow: UdpFlow | StreamFlow | None = None
+        self.flow: UdpFlow | StreamFlow | WsFlow | None = None
         self.target: Target | None = None
         rnd = os.urandom(12).hex()
         self.prefix = "z9hG4bK" + rnd[:12]
@@ -149,12 +151,33 @@ class Prober:
 
     async def connect(self) -> None:
         uri = self.uri
-        targets = await resolve(uri.scheme, uri.host, uri.port, self.transport)
+        supported: tuple[str, ...] = ("udp", "tcp", "tls")
+        if self.transport in ("ws", "wss"):  # only when asked for: NAPTR never picks them
+            supported += ("ws", "wss")
+        targets = await resolve(uri.scheme, uri.host, uri.port, self.transport, supported=supported)
         errors: list[str] = []
         for target in targets:
             try:
                 if target.transport == "udp":
                     self.flow = await open_udp(self.driver, target.address, target.port)
+                elif target.transport in ("ws", "wss"):
+                    a = self.args
+                    secure = target.transport == "wss"
+                    ctx = (
+                        client_context(TlsOptions(a.ca, a.insecure, a.cert, a.key))
+                        if secure
+                        else None
+                    )
+                    self.flow = await open_ws(
+                        self.driver,
+                        target.address,
+                        target.port,
+                        secure=secure,
+                        host=uri.host,  # RFC 5922 §4
+                        path=a.ws_path,
+                        ssl_context=ctx,
+                        timeout=self.timers.give_up_after(),
+                    )
                 else:
                     ctx = None
                     if target.transport == "tls":
@@ -184,9 +207,10 @@ class Prober:
         return text
 
     async def crlf_probe(self, seq: int) -> TransactionResult | None:
-        """RFC 5626 §4.4.1: CRLFCRLF ping; the pong is a CRLF, due within the timeout."""
+        """RFC 5626 §4.4.1: CRLFCRLF ping; the pong is a CRLF, due within the timeout. Over a
+        WebSocket the keep-alive is a WebSocket Ping and its Pong (RFC 7118 §6)."""
         flow = self.flow
-        assert isinstance(flow, StreamFlow)
+        assert isinstance(flow, StreamFlow | WsFlow)
         loop = asyncio.get_running_loop()
         pong: asyncio.Future[float] = loop.create_future()
 
@@ -197,7 +221,10 @@ class Prober:
         flow.on_pong = on_pong
         self.stats.sent += 1
         sent = clock.monotonic()
-        flow.send(b"\r\n\r\n")
+        if isinstance(flow, WsFlow):
+            flow.send_ping()
+        else:
+            flow.send(b"\r\n\r\n")
         assert self.target is not None
         where = f"{format_host(self.target.address)}:{self.target.port}"
         obj: dict[str, object] = {"type": "pong", "target": self.text, "seq": seq}
@@ -335,7 +362,7 @@ async def run_target(prober: Prober, count: int, interval: float, window: int) -
     try:
         if prober.args.flood:
             await _flood(prober, count, window)
-        elif prober.args.crlf and not isinstance(prober.flow, StreamFlow):
+        elif prober.args.crlf and not isinstance(prober.flow, StreamFlow | WsFlow):
             prober.stats.error = "--crlf needs a TCP or TLS flow (RFC 5626 §4.4.1)"
             sys.stdout.write(f"{prober.text}: {prober.stats.error}\n")
         else:

@@ -1,5 +1,6 @@
 """``sipalive respond``: answers OPTIONS (200), CRLFCRLF pings (CRLF pong, streams only) and
-STUN Binding Requests on its UDP ports; refuses everything else with the right code."""
+STUN Binding Requests on its UDP ports; refuses everything else with the right code. Over
+WebSocket (ws, wss; subprotocol ``sip``, RFC 7118) it answers WebSocket pings too."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from sipalive.errors import ConfigError
 from sipalive.io.limits import Admission, parse_networks, parse_rate
 from sipalive.io.server import Listener, ListenSpec, log_line, start_listeners, sweep_idle
 from sipalive.sip.responder import ResponderConfig, StatelessResponder
-from sipalive.sip.uri import parse_host_port
+from sipalive.sip.uri import DEFAULT_PORTS, parse_host_port
+
+LISTEN_TRANSPORTS = ("udp", "tcp", "tls", "ws", "wss")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,16 +30,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="T:HOST:PORT",
-        help="udp:127.0.0.1:5060, tcp:[::1]:5060, tls:127.0.0.1:5061 (repeatable)",
+        help="udp:127.0.0.1:5060, tcp:[::1]:5060, tls:127.0.0.1:5061, ws:127.0.0.1:8080, "
+        "wss:127.0.0.1:8443 (repeatable)",
     )
-    p.add_argument("--cert", help="certificate chain (PEM) for tls listeners")
-    p.add_argument("--key", help="private key (PEM) for tls listeners")
+    p.add_argument("--cert", help="certificate chain (PEM) for tls and wss listeners")
+    p.add_argument("--key", help="private key (PEM) for tls and wss listeners")
     p.add_argument("--ca", help="CA bundle to verify client certificates (optional)")
     p.add_argument("--reason", default="OK", help="reason phrase of the 200 (e.g. Alive)")
     p.add_argument("--allow", action="append", default=[], metavar="CIDR", help="allow-list")
     p.add_argument("--rate-limit", metavar="N/s", help="per-source request limit")
     p.add_argument("--server-header", default="sipalive/0.1", help="Server header ('' = none)")
-    p.add_argument("--idle-timeout", default="300", help="close idle TCP/TLS connections")
+    p.add_argument("--idle-timeout", default="300", help="close idle TCP/TLS/WebSocket connections")
     p.add_argument(
         "--message-timeout", default="10", help="close a connection whose message is unfinished"
     )
@@ -49,14 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_listen(text: str) -> ListenSpec:
     transport, sep, rest = text.partition(":")
     transport = transport.lower()
-    if not sep or transport not in ("udp", "tcp", "tls"):
-        raise UsageError(f"--listen: expected udp|tcp|tls:HOST:PORT, got {text!r}")
+    if not sep or transport not in LISTEN_TRANSPORTS:
+        raise UsageError(f"--listen: expected udp|tcp|tls|ws|wss:HOST:PORT, got {text!r}")
     try:
         host, port = parse_host_port(rest, "--listen")
     except Exception as exc:
         raise UsageError(f"--listen: bad address in {text!r}") from exc
     if port is None:
-        port = 5061 if transport == "tls" else 5060
+        port = DEFAULT_PORTS[transport]
     return ListenSpec(transport, host, port)
 
 
@@ -68,7 +72,7 @@ async def _serve(args: argparse.Namespace) -> int:
             parse_rate(args.rate_limit) if args.rate_limit else None,
         )
         tls_ctx = None
-        if any(s.transport == "tls" for s in specs):
+        if any(s.transport in ("tls", "wss") for s in specs):
             from sipalive.io.tlsctx import TlsOptions, server_context
 
             tls_ctx = server_context(TlsOptions(args.ca, False, args.cert, args.key))

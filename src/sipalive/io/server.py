@@ -1,4 +1,5 @@
-"""The responder's listeners: UDP, TCP and TLS, around the pure StatelessResponder.
+"""The responder's listeners: UDP, TCP, TLS and WebSocket (ws, wss: :mod:`sipalive.io.ws`),
+around the pure StatelessResponder.
 
 One line is logged per client error (malformed request, refused method), never per probe; a
 source over its rate is dropped silently and counted. Stream connections are bounded by the
@@ -169,7 +170,7 @@ class StreamServerProtocol(asyncio.Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ListenSpec:
-    transport: str  # udp | tcp | tls
+    transport: str  # udp | tcp | tls | ws | wss
     host: str
     port: int
 
@@ -201,10 +202,15 @@ async def start_listeners(
             )
             opened.append(transport)
         else:
-            ctx = tls_context if spec.transport == "tls" else None
+            ctx = tls_context if spec.transport in ("tls", "wss") else None
             name = spec.transport
+            protocol: type[StreamServerProtocol] = StreamServerProtocol
+            if name in ("ws", "wss"):
+                from sipalive.io.ws import WsServerProtocol
+
+                protocol = WsServerProtocol
             server = await loop.create_server(
-                lambda name=name: StreamServerProtocol(listener, name),
+                lambda name=name, protocol=protocol: protocol(listener, name),
                 spec.host,
                 spec.port,
                 ssl=ctx,

@@ -35,6 +35,7 @@ from sipalive.io.resolver import resolve
 from sipalive.io.timers import TimerWheel
 from sipalive.io.tlsctx import TlsOptions, client_context
 from sipalive.io.udpshared import PeerFlow, SharedUdpEndpoint, open_shared_udp
+from sipalive.io.ws import WsFlow, open_ws
 from sipalive.keepalive import crlf as crlf_ka
 from sipalive.keepalive import stun as stun_ka
 from sipalive.qualify.history import Ring
@@ -55,6 +56,7 @@ from sipalive.stun import codec as stun
 
 log = logging.getLogger("sipalive.monitor")
 
+KeptFlow = StreamFlow | WsFlow  # a connection kept per target (TCP, TLS, WebSocket)
 RESOLVE_TTL = 300.0  # seconds a resolution is reused (the resolver does not report DNS TTLs)
 PRUNE_PERIOD = 3600.0  # how often history older than [storage] retention_days is deleted
 
@@ -108,7 +110,7 @@ class Runtime:
         self.q = q
         self.dest: Resolved | None = None
         self.resolved_at = 0.0
-        self.flow: PeerFlow | StreamFlow | None = None
+        self.flow: PeerFlow | KeptFlow | None = None
         self.template: OptionsTemplate | None = None
         self.cseq = 0
         self.auth_nc = 0
@@ -339,7 +341,7 @@ class MonitorEngine:
             rt.flow is not None
             and rt.dest is not None
             and now - rt.resolved_at < RESOLVE_TTL
-            and not (isinstance(rt.flow, StreamFlow) and rt.flow.closed)
+            and not (isinstance(rt.flow, KeptFlow) and rt.flow.closed)
         ):
             self._send(rt, deadline, now, None)
             return
@@ -371,13 +373,14 @@ class MonitorEngine:
                 found = await resolve(
                     uri.scheme, uri.host, uri.port, rt.target.transport,
                     timeout=max(0.001, deadline - now),
+                    supported=_supported(rt.target.transport),
                 )  # fmt: skip
             rt.dest = found[0]
             rt.resolved_at = clock.monotonic()
             self._drop_flow(rt)
         dest = rt.dest
         assert dest is not None
-        if rt.flow is not None and not (isinstance(rt.flow, StreamFlow) and rt.flow.closed):
+        if rt.flow is not None and not (isinstance(rt.flow, KeptFlow) and rt.flow.closed):
             return
         if dest.transport == "udp":
             endpoint = await self._udp_endpoint(dest.address)
@@ -406,8 +409,26 @@ class MonitorEngine:
             flow.on_close = lambda exc, rt=rt: self._flow_closed(rt, exc)
             local = flow.local
             self._start_crlf(rt, flow)
+        elif dest.transport in ("ws", "wss"):
+            s = rt.settings
+            secure = dest.transport == "wss"
+            ws = await open_ws(
+                self._driver,
+                dest.address,
+                dest.port,
+                secure=secure,
+                host=uri.host,  # RFC 5922 §4
+                path=s.ws_path,
+                ssl_context=self._tls(s) if secure else None,
+                timeout=max(0.001, deadline - clock.monotonic()),
+                sockopts=s.tcp_keepalive.sockopts() if s.tcp_keepalive_enable else None,
+            )
+            rt.flow = ws
+            ws.on_close = lambda exc, rt=rt: self._flow_closed(rt, exc)
+            local = ws.local
+            self._start_crlf(rt, ws)
         else:
-            raise TransportError(f"transport {dest.transport} is not supported by the monitor yet")
+            raise TransportError(f"transport {dest.transport} is not supported")
         ruri = str(uri)
         if dest.transport != "udp" and uri.transport is None:
             ruri = str(uri.with_transport(dest.transport))
@@ -461,9 +482,9 @@ class MonitorEngine:
         self, rt: Runtime, branch: str, call_id: str, authorization: tuple[str, str]
     ) -> bytes:
         assert rt.dest is not None
-        assert isinstance(rt.flow, PeerFlow | StreamFlow)
+        assert isinstance(rt.flow, PeerFlow | KeptFlow)
         uri = str(rt.target.sip_uri)
-        local = rt.flow.local if isinstance(rt.flow, StreamFlow) else rt.flow.endpoint.local
+        local = rt.flow.local if isinstance(rt.flow, KeptFlow) else rt.flow.endpoint.local
         return make_request(
             "OPTIONS",
             uri,
@@ -518,7 +539,7 @@ class MonitorEngine:
                 else:
                     self._send(rt, deadline, started, answer)
                     return
-        if result.cause == Cause.TRANSPORT_ERROR and isinstance(rt.flow, StreamFlow):
+        if result.cause == Cause.TRANSPORT_ERROR and isinstance(rt.flow, KeptFlow):
             self._drop_flow(rt)
         self._account(rt, result)
 
@@ -585,7 +606,7 @@ class MonitorEngine:
             self._ssl[key] = ctx
         return ctx
 
-    def _start_crlf(self, rt: Runtime, flow: StreamFlow) -> None:
+    def _start_crlf(self, rt: Runtime, flow: KeptFlow) -> None:
         s = rt.settings
         if s.crlf_ping_interval <= 0 or self.wheel is None:
             return
@@ -604,9 +625,12 @@ class MonitorEngine:
 
     def _crlf_events(self, rt: Runtime, events: Sequence[object]) -> None:
         for event in events:
-            if isinstance(event, crlf_ka.SendPing) and isinstance(rt.flow, StreamFlow):
+            if isinstance(event, crlf_ka.SendPing) and isinstance(rt.flow, KeptFlow):
                 try:
-                    rt.flow.send(event.data)
+                    if isinstance(rt.flow, WsFlow):
+                        rt.flow.send_ping()  # RFC 7118 §6: over WebSocket, a WebSocket Ping
+                    else:
+                        rt.flow.send(event.data)
                 except TransportError:
                     pass
             elif isinstance(event, crlf_ka.FlowFailed):
@@ -673,7 +697,7 @@ class MonitorEngine:
         """The kept connection ended. A clean close by the peer only means reconnecting at
         the next probe; an error (TCP keep-alive or TCP_USER_TIMEOUT expiry: ETIMEDOUT, a
         reset) means the path failed: Unreachable at once, as for a missing CRLF pong."""
-        if not (isinstance(rt.flow, StreamFlow) and rt.flow.closed):
+        if not (isinstance(rt.flow, KeptFlow) and rt.flow.closed):
             return
         self._stop_keepalives(rt)
         rt.flow = None
@@ -708,7 +732,7 @@ class MonitorEngine:
         flow = rt.flow
         rt.flow = None
         rt.template = None
-        if isinstance(flow, StreamFlow):
+        if isinstance(flow, KeptFlow):
             flow.on_close = None
             flow.close()
 
@@ -789,14 +813,15 @@ class MonitorEngine:
             target_uri = parse_uri(uri)
         except ParseError as exc:
             return ProbeReport(False, 0.0, None, "", {}, f"bad target: {exc.reason}")
-        transport = module if module in ("udp", "tcp", "tls") else target_uri.transport
+        transport = module if module in _MODULES else target_uri.transport
         deadline = t0 + timeout
-        flow: PeerFlow | StreamFlow | None = None
+        flow: PeerFlow | KeptFlow | None = None
         try:
             async with asyncio.timeout(timeout):
                 found = await resolve(
-                    target_uri.scheme, target_uri.host, target_uri.port, transport, timeout=timeout
-                )
+                    target_uri.scheme, target_uri.host, target_uri.port, transport,
+                    timeout=timeout, supported=_supported(transport),
+                )  # fmt: skip
             phases["resolve"] = clock.monotonic() - t0
             dest = found[0]
             if dest.transport == "udp":
@@ -808,6 +833,16 @@ class MonitorEngine:
                 flow = await open_stream(
                     self._driver, dest.address, dest.port, ssl_context=ctx,
                     server_hostname=target_uri.host,
+                    timeout=max(0.001, deadline - clock.monotonic()),
+                )  # fmt: skip
+                phases.update(flow.stats.phases)
+                local = flow.local
+            elif dest.transport in ("ws", "wss"):
+                secure = dest.transport == "wss"
+                flow = await open_ws(
+                    self._driver, dest.address, dest.port, secure=secure,
+                    host=target_uri.host,
+                    ssl_context=client_context(TlsOptions()) if secure else None,
                     timeout=max(0.001, deadline - clock.monotonic()),
                 )  # fmt: skip
                 phases.update(flow.stats.phases)
@@ -836,8 +871,18 @@ class MonitorEngine:
                 False, clock.monotonic() - t0, None, "", phases, str(exc) or "timeout"
             )
         finally:
-            if isinstance(flow, StreamFlow):
+            if isinstance(flow, KeptFlow):
                 flow.close()
+
+
+_MODULES = ("udp", "tcp", "tls", "ws", "wss")
+
+
+def _supported(transport: str | None) -> tuple[str, ...]:
+    """What RFC 3263 may choose: ws/wss only when asked for (no NAPTR service picks them)."""
+    if transport in ("ws", "wss"):
+        return _MODULES
+    return ("udp", "tcp", "tls")
 
 
 def _transition_view(r: TransitionRow) -> TransitionView:
