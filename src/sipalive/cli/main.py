@@ -10,6 +10,7 @@ COMMANDS = {
     "respond": "sipalive.cli.respond",
     "import": "sipalive.cli.importcmd",
     "monitor": "sipalive.cli.monitor",
+    "register": "sipalive.cli.register",
 }
 
 USAGE = """\
@@ -20,6 +21,7 @@ commands:
   ping      probe SIP peers with OPTIONS, like ping/fping (also --flood)
   check     one probe as a Nagios/Icinga plugin (exit 0/1/2/3)
   respond   answer OPTIONS, CRLF keep-alive pings and STUN binding requests
+  register  register with a registrar, keep it and the NAT binding alive, answer calls
   import    write a monitor target file from Asterisk pjsip.conf or Kamailio dispatcher.list
 
 'sipalive COMMAND --help' for a command's options.
