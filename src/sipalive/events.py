@@ -510,9 +510,12 @@ class EventDispatcher:
             self._sink_failures[row.sink] = 0
             future = self.writer.outbox_mark_delivered(row.event_id, row.sink, now)
         else:
-            self._sink_failures[row.sink] += 1
-            hold = now + self.backoff.delay(self._sink_failures[row.sink], self._rng)
-            self._held[row.sink] = max(self._held.get(row.sink, 0.0), hold)
+            if self._held.get(row.sink, 0.0) <= now:
+                # one failed round counts once, however many events were out in it: a sink
+                # that is down gets one try per back-off period, not 2**N-longer waits
+                self._sink_failures[row.sink] += 1
+                hold = now + self.backoff.delay(self._sink_failures[row.sink], self._rng)
+                self._held[row.sink] = hold
             next_at = now + self.backoff.delay(row.attempts + 1, self._rng)
             log.warning(
                 "event %s to %s: attempt %d failed, next in %.1f s: %s",

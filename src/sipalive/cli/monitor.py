@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sipalive.cli.common import UsageError
 from sipalive.config import MonitorConfig, load_config
-from sipalive.errors import ConfigError
+from sipalive.errors import ConfigError, SipaliveError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,6 +76,8 @@ async def _run(config: MonitorConfig, args: argparse.Namespace) -> int:
                 engine.reload(load_config(config.source))
             except ConfigError as exc:
                 logging.getLogger("sipalive.monitor").error("reload refused: %s", exc)
+            except SipaliveError as exc:
+                logging.getLogger("sipalive.monitor").error("reload failed: %s", exc)
 
         loop.add_signal_handler(signal.SIGHUP, reload)
         loop.add_signal_handler(signal.SIGTERM, stop.set)

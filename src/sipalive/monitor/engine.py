@@ -238,8 +238,10 @@ class MonitorEngine:
         new_names = {t.name for t in config.targets}
         for name in [n for n in old if n not in new_names]:
             gone = old.pop(name)
-            self.scheduler.remove(name)
+            if name in self.scheduler:  # a nonqualified target was never scheduled
+                self.scheduler.remove(name)
             self._drop_flow(gone)
+        mono = clock.monotonic()
         for target in config.targets:
             rt = old.get(target.name)
             if rt is None:
@@ -248,16 +250,25 @@ class MonitorEngine:
             if target == rt.target:
                 continue
             if (target.uri, target.transport) != (rt.target.uri, rt.target.transport):
-                self._drop_flow(rt)
                 rt.dest = None
+            if target.settings != rt.target.settings or rt.dest is None:
+                # User-Agent, From, keep-alive, TCP and TLS settings live in the flow and its
+                # request template: rebuild both at the next probe
+                self._drop_flow(rt)
             rt.target = target
             rt.view = None
             transition = rt.q.update_settings(qualify_settings(target.settings), now)
             if transition is not None:
                 self._emit(rt, transition)
-            self.scheduler.remove(target.name)
-            if rt.q.settings.qualified and not rt.probing:
-                self.scheduler.add(target.name, rt.q.next_interval(), clock.monotonic())
+            name = target.name
+            if not rt.q.settings.qualified:
+                if name in self.scheduler:
+                    self.scheduler.remove(name)
+            elif name in self.scheduler:
+                # also right while a probe is in flight: finished() then uses the new interval
+                self.scheduler.reschedule(name, rt.q.next_interval(), mono)
+            else:
+                self.scheduler.add(name, rt.q.next_interval(), mono)
         self.config = config
         self._arm()
         log.info("configuration reloaded: %d targets", len(self.runtimes))
@@ -565,10 +576,11 @@ class MonitorEngine:
             self._emit(rt, transition)
         else:
             self.writer.upsert_targets([rt.row()])
-        if rt.name in self.runtimes and rt.q.settings.qualified:
-            self.scheduler.finished(rt.name, clock.monotonic(), frequency=rt.q.next_interval())
-        else:
-            self.scheduler.remove(rt.name)
+        name = rt.name
+        if self.runtimes.get(name) is not rt or name not in self.scheduler:
+            pass  # removed or made nonqualified by a reload while this probe was out
+        elif self.scheduler.is_in_flight(name):
+            self.scheduler.finished(name, clock.monotonic(), frequency=rt.q.next_interval())
         self._arm()
 
     def _emit(self, rt: Runtime, t: Transition) -> None:
