@@ -11,6 +11,7 @@ COMMANDS = {
     "import": "sipalive.cli.importcmd",
     "monitor": "sipalive.cli.monitor",
     "register": "sipalive.cli.register",
+    "nat-lifetime": "sipalive.cli.natlifetime",
 }
 
 USAGE = """\
@@ -22,6 +23,7 @@ commands:
   check     one probe as a Nagios/Icinga plugin (exit 0/1/2/3)
   respond   answer OPTIONS, CRLF keep-alive pings and STUN binding requests
   register  register with a registrar, keep it and the NAT binding alive, answer calls
+  nat-lifetime  measure how long the NAT keeps an idle UDP binding (or --local conntrack)
   import    write a monitor target file from Asterisk pjsip.conf or Kamailio dispatcher.list
 
 'sipalive COMMAND --help' for a command's options.

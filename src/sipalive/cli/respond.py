@@ -9,13 +9,17 @@ import asyncio
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
-from sipalive.cli.common import UsageError, parse_duration
+from sipalive.cli.common import UsageError, parse_count, parse_duration
 from sipalive.errors import ConfigError
 from sipalive.io.limits import Admission, parse_networks, parse_rate
 from sipalive.io.server import Listener, ListenSpec, log_line, start_listeners, sweep_idle
 from sipalive.sip.responder import ResponderConfig, StatelessResponder
 from sipalive.sip.uri import DEFAULT_PORTS, parse_host_port
+
+if TYPE_CHECKING:
+    from sipalive.io.registrar import RegistrarService
 
 LISTEN_TRANSPORTS = ("udp", "tcp", "tls", "ws", "wss")
 
@@ -47,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", help="stop after this long (default: run until SIGTERM)")
     p.add_argument("--reuse-port", action="store_true", help="SO_REUSEPORT (several processes)")
     p.add_argument("--rcvbuf", type=int, help="SO_RCVBUF for UDP listeners, octets")
+    _add_registrar_options(p)
     return p
 
 
@@ -86,12 +91,17 @@ async def _serve(args: argparse.Namespace) -> int:
     listener = Listener(StatelessResponder(config), admission)
     listener.idle_timeout = parse_duration(args.idle_timeout, "--idle-timeout")
     listener.message_timeout = parse_duration(args.message_timeout, "--message-timeout")
+    registrar = _registrar(args)
+    if registrar is not None:
+        registrar.attach(listener)
     try:
         opened = await start_listeners(listener, specs, tls_ctx, args.reuse_port, args.rcvbuf)
     except OSError as exc:
         sys.stderr.write(f"sipalive respond: cannot listen: {exc.strerror or exc}\n")
         return 1
     log_line("listening on " + ", ".join(str(s) for s in specs))
+    if registrar is not None:
+        registrar.listening(opened)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -103,6 +113,8 @@ async def _serve(args: argparse.Namespace) -> int:
     except TimeoutError:
         pass
     sweeper.cancel()
+    if registrar is not None:
+        await registrar.close()
     for item in opened:
         item.close()
     st = listener.stats
@@ -123,3 +135,110 @@ def main(argv: list[str]) -> int:
     except UsageError as exc:
         parser.error(str(exc))
     return 2
+
+
+# -- the registrar (--registrar) -----------------------------------------------------------
+
+
+def _add_registrar_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "registrar", "accept REGISTER over the udp/tcp/tls listeners and qualify the contacts"
+    )
+    g.add_argument("--registrar", action="store_true", help="act as a registrar too")
+    g.add_argument(
+        "--users",
+        metavar="FILE",
+        help="who may register: one user:password per line, # comments (keep it chmod 600)",
+    )
+    g.add_argument("--realm", default="sipalive", help="digest realm (default sipalive)")
+    g.add_argument(
+        "--digest-algorithms",
+        default="SHA-256,MD5",
+        metavar="LIST",
+        help="challenges offered, preferred first (RFC 8760; default SHA-256,MD5)",
+    )
+    g.add_argument(
+        "--registrar-db",
+        default="var/registrar.db",
+        metavar="PATH",
+        help="SQLite file keeping the bindings across restarts ('' = memory only)",
+    )
+    g.add_argument("--min-expires", default="60", metavar="S", help="shorter is refused: 423")
+    g.add_argument("--max-expires", default="3600", metavar="S", help="longer is shortened")
+    g.add_argument(
+        "--flow-timer",
+        metavar="S",
+        help="Flow-Timer (RFC 5626) in the 200 to REGISTERs using outbound or offering "
+        "keep-alives (Via keep)",
+    )
+    g.add_argument(
+        "--flow-timer-always", action="store_true", help="send the Flow-Timer in every 200"
+    )
+    g.add_argument(
+        "--qualify-frequency",
+        default="60",
+        metavar="S",
+        help="OPTIONS to every contact this often, through its flow (0 = never)",
+    )
+    g.add_argument("--qualify-timeout", default="3", metavar="S", help="probe timeout")
+    g.add_argument(
+        "--remove-unavailable",
+        action="store_true",
+        help="drop the binding (and close its connection) of a contact gone unreachable",
+    )
+
+
+def _registrar(args: argparse.Namespace) -> RegistrarService | None:
+    if not args.registrar:
+        return None
+    from sipalive.io.registrar import (
+        BindingStore,
+        RegistrarService,
+        RegistrarSettings,
+        load_users,
+    )
+    from sipalive.qualify import QualifySettings
+    from sipalive.sip.registrar import Registrar, RegistrarConfig
+
+    if not args.users:
+        raise UsageError("--registrar needs --users FILE")
+    min_expires = parse_count(args.min_expires, "--min-expires", 1)
+    max_expires = parse_count(args.max_expires, "--max-expires", 1)
+    store = None
+    try:
+        users = load_users(args.users)
+        config = RegistrarConfig(
+            realm=args.realm,
+            min_expires=min_expires,
+            max_expires=max_expires,
+            default_expires=max(min_expires, min(3600, max_expires)),
+            flow_timer=parse_count(args.flow_timer, "--flow-timer", 1) if args.flow_timer else None,
+            flow_timer_always=args.flow_timer_always,
+            algorithms=tuple(a.strip().upper() for a in args.digest_algorithms.split(",")),
+            server=args.server_header or None,
+        )
+        settings = RegistrarSettings(
+            qualify=QualifySettings(
+                qualify_frequency=parse_duration(args.qualify_frequency, "--qualify-frequency"),
+                qualify_timeout=parse_duration(args.qualify_timeout, "--qualify-timeout"),
+            ),
+            remove_unavailable=args.remove_unavailable,
+        )
+        secret = os.urandom(32)
+        if args.registrar_db:
+            store = BindingStore(args.registrar_db)
+            secret = store.secret(lambda: secret)
+        registrar = Registrar(
+            config,
+            users,
+            secret=secret,
+            rand_token=lambda: os.urandom(8).hex(),
+            tag_key=os.urandom(16),
+        )
+        service = RegistrarService(registrar, settings, store=store)
+        service.restore()
+    except ConfigError as exc:
+        if store is not None:
+            store.close()
+        raise UsageError(str(exc)) from exc
+    return service

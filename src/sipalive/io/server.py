@@ -15,12 +15,13 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Protocol, cast
 
 from sipalive.errors import ParseError
 from sipalive.io.limits import Admission
+from sipalive.io.natlife import DelayedStunServer
 from sipalive.sip.framing import MessageReceived, PingReceived, Role, StreamFramer
-from sipalive.sip.message import Request
+from sipalive.sip.message import Request, Response
 from sipalive.sip.responder import StatelessResponder
 
 
@@ -38,6 +39,20 @@ class ServerStats:
 def log_line(text: str) -> None:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
     print(f"{stamp} {text}", file=sys.stderr, flush=True)
+
+
+class ListenerHook(Protocol):
+    """What takes messages off the listeners before the responder: the registrar
+    (:mod:`sipalive.io.registrar`). ``on_datagram``/``on_message`` return True for a message
+    they took; ``keeps`` says a connection must outlive the idle timeout."""
+
+    def on_datagram(self, data: bytes, source: tuple[str, int], udp: UdpServerProtocol) -> bool: ...
+
+    def on_message(self, message: Request | Response, conn: StreamServerProtocol) -> bool: ...
+
+    def on_connection_lost(self, conn: StreamServerProtocol) -> None: ...
+
+    def keeps(self, conn: StreamServerProtocol) -> bool: ...
 
 
 class Listener:
@@ -59,6 +74,9 @@ class Listener:
         self.message_timeout = message_timeout
         self.stats = ServerStats()
         self.connections: set[StreamServerProtocol] = set()
+        self.hook: ListenerHook | None = None
+        # late STUN answers for `sipalive nat-lifetime` (SIPALIVE-DELAY), on every UDP socket
+        self.delayed = DelayedStunServer(software=responder.config.server)
 
 
 class UdpServerProtocol(asyncio.DatagramProtocol):
@@ -75,7 +93,16 @@ class UdpServerProtocol(asyncio.DatagramProtocol):
         if not lst.admission.admit(source[0], time.monotonic()):
             lst.stats.dropped += 1
             return
+        if lst.hook is not None and lst.hook.on_datagram(data, source, self):
+            return
         lst.stats.requests += 1
+        if (
+            lst.responder.config.stun
+            and self.transport is not None
+            and lst.delayed.receive(data, source, self.transport)
+        ):
+            lst.stats.stun += 1  # a SIPALIVE-DELAY request: answered now or scheduled
+            return
         reply = lst.responder.handle_datagram(data, source)
         if reply is None:
             return
@@ -120,6 +147,8 @@ class StreamServerProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.listener.connections.discard(self)
+        if self.listener.hook is not None:
+            self.listener.hook.on_connection_lost(self)
 
     def data_received(self, data: bytes) -> None:
         lst = self.listener
@@ -145,6 +174,12 @@ class StreamServerProtocol(asyncio.Protocol):
             if isinstance(event, PingReceived):
                 lst.stats.pongs += 1
                 self.transport.write(b"\r\n")  # RFC 5626 §4.4.1 pong
+                continue
+            if (
+                isinstance(event, MessageReceived)
+                and lst.hook is not None
+                and lst.hook.on_message(event.message, self)
+            ):
                 continue
             if not isinstance(event, MessageReceived) or not isinstance(event.message, Request):
                 continue  # a response on our server socket: nothing to do
@@ -234,6 +269,8 @@ async def sweep_idle(listener: Listener, period: float | None = None) -> None:
         partial_cutoff = now - listener.message_timeout
         for conn in list(listener.connections):
             if conn.last_activity < idle_cutoff:
+                if listener.hook is not None and listener.hook.keeps(conn):
+                    continue  # a registered contact is reached over it
                 conn._close()
             elif conn.partial_since is not None and conn.partial_since < partial_cutoff:
                 listener.stats.client_errors += 1
