@@ -2,7 +2,8 @@
 
 ``FakeView.transition`` moves a target to another state the way the engine would: a new
 frozen ``TargetView``, a transition with the next event id. ``probe`` records what it was
-asked (``probe_calls``) and answers ``probe_report``.
+asked (``probe_calls``) and answers ``probe_report``. ``contacts`` answers ``contact_list``
+(None by default: no registrar).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 
 from sipalive.http.view import (
     STATES,
+    ContactView,
     EngineStats,
     ProbeReport,
     RttMinuteView,
@@ -81,6 +83,7 @@ class FakeView:
             transport="udp",
             address="192.0.2.1:5060",
         )
+        self.contact_list: list[ContactView] | None = None
         self.stats_value = EngineStats(
             targets=0,
             in_flight=3,
@@ -155,3 +158,6 @@ class FakeView:
     async def probe(self, uri: str, module: str | None, timeout: float) -> ProbeReport:
         self.probe_calls.append((uri, module, timeout))
         return self.probe_report
+
+    def contacts(self) -> list[ContactView] | None:
+        return self.contact_list

@@ -13,6 +13,8 @@ Layout (the contract of issue 3)::
     [[targets]]                   name, uri, group?, any target setting
     [[webhooks]]                  url, secret / secret_env (HMAC key for the receiver)
     [[exec]]                      command = ["/path/to/handler", "arg", ...]
+    [registrar]                   listen = ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"],
+                                  users = "FILE", and the settings below (optional table)
 
 A target's effective settings are, from weakest to strongest: the built-in defaults below,
 ``[defaults]``, its group, the target itself. A group a target names must exist (an empty
@@ -55,6 +57,33 @@ tls_insecure                false     skip certificate verification
 tls_cert, tls_key           absent    client certificate (the key may be in the cert file)
 =========================== ========= =======================================================
 
+With a ``[registrar]`` table the monitor is a registrar too (issue 4): it accepts REGISTER
+with digest authentication on the ``listen`` addresses (``udp:`` or ``tcp:HOST:PORT``; the
+port defaults to 5060), qualifies every registered contact through the flow its REGISTER came
+on, and shows the contacts in its API, metrics and page. Its settings, with defaults:
+
+=========================== ========= =======================================================
+listen                      required  a list of "udp:HOST:PORT" and "tcp:HOST:PORT"
+users                       required  who may register: a file of user:password lines
+                                      (# comments; keep it chmod 600)
+realm                       sipalive  digest realm
+digest_algorithms           both      challenges offered, preferred first: ["SHA-256",
+                                      "MD5"] (RFC 8760) or "SHA-256,MD5"
+qualify_frequency           60 s      OPTIONS to every contact this often; 0 = never
+qualify_timeout             3 s       the whole probe
+remove_unavailable          false     drop the binding (and close its connection) of a
+                                      contact gone unreachable, as Asterisk does
+min_expires                 60 s      a shorter registration is refused (423)
+max_expires                 3600 s    a longer one is shortened
+flow_timer                  absent    Flow-Timer (RFC 5626) in the 200 to REGISTERs that
+                                      use outbound or offer keep-alives (Via keep)
+flow_timer_always           false     send the Flow-Timer in every 200
+db                          next to   SQLite file keeping the bindings across restarts;
+                            storage   default: NAME-registrar.db beside [storage] path
+=========================== ========= =======================================================
+
+The registrar's settings are read at start only: SIGHUP leaves them as they are (and says so).
+
 Durations are numbers of seconds or strings with a unit: ``"150ms"``, ``"2s"``, ``"1m"``,
 ``"1h"`` (also ``us`` and ``min``). Paths are taken relative to the working directory.
 Secrets (passwords, the HTTP token, webhook secrets) are :class:`Secret` values that never
@@ -76,6 +105,8 @@ from urllib.parse import urlsplit
 
 from sipalive.errors import ConfigError, LocalProtocolError, ParseError
 from sipalive.keepalive.tcp import TcpKeepaliveOptions
+from sipalive.sip.digest import ALGORITHMS as DIGEST_ALGORITHMS
+from sipalive.sip.registrar import RegistrarConfig as RegistrarRules
 from sipalive.sip.uri import TRANSPORTS, SipUri, parse_host_port, parse_uri
 
 TomlValue = str | int | float | bool | list[str]
@@ -209,6 +240,37 @@ class ExecHook:
 
 
 @dataclass(frozen=True, slots=True)
+class ListenAddress:
+    """One address the registrar listens on."""
+
+    transport: str  # udp | tcp
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.transport}:{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrarSection:
+    """The ``[registrar]`` table (see the module docstring for each field)."""
+
+    listen: tuple[ListenAddress, ...]
+    users: str
+    db: str
+    realm: str = "sipalive"
+    digest_algorithms: tuple[str, ...] = ("SHA-256", "MD5")
+    qualify_frequency: float = 60.0
+    qualify_timeout: float = 3.0
+    remove_unavailable: bool = False
+    min_expires: int = 60
+    max_expires: int = 3600
+    flow_timer: int | None = None
+    flow_timer_always: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class MonitorConfig:
     source: str
     http: HttpConfig
@@ -216,6 +278,7 @@ class MonitorConfig:
     targets: tuple[Target, ...]
     webhooks: tuple[Webhook, ...] = ()
     exec_hooks: tuple[ExecHook, ...] = ()
+    registrar: RegistrarSection | None = None
 
 
 DEFAULT_LISTEN = ("127.0.0.1", 8060)
@@ -461,7 +524,7 @@ SETTING_NAMES = tuple(_SETTINGS)
 _FIELDS = tuple(f.name for f in fields(TargetSettings))
 _make_settings = cast("Callable[..., TargetSettings]", TargetSettings)
 _TARGET_KEYS = ("name", "uri", "group", *SETTING_NAMES)
-_TOP_KEYS = ("http", "storage", "defaults", "groups", "targets", "webhooks", "exec")
+_TOP_KEYS = ("http", "storage", "defaults", "groups", "targets", "webhooks", "exec", "registrar")
 
 # ---------------------------------------------------------------------------------------------
 # Tables and layers
@@ -809,6 +872,142 @@ def _parse_exec(doc: Mapping[str, object], ctx: _Context) -> tuple[ExecHook, ...
     return tuple(hooks)
 
 
+_LISTEN_HELP = 'expected "udp:HOST:PORT" or "tcp:HOST:PORT"'
+
+
+def _listen_address(value: object) -> ListenAddress:
+    if not isinstance(value, str):
+        raise _Invalid(f"{_LISTEN_HELP}, got {_show(value)}")
+    transport, sep, rest = value.strip().partition(":")
+    transport = transport.lower()
+    if transport in ("tls", "ws", "wss"):
+        raise _Invalid(
+            f"the monitor's registrar listens on udp and tcp only, not {transport} "
+            "(sipalive respond --registrar offers tls)"
+        )
+    if not sep or transport not in ("udp", "tcp"):
+        raise _Invalid(f"{_LISTEN_HELP}, got {_show(value)}")
+    try:
+        host, port = parse_host_port(rest, "listen address")
+    except ParseError as exc:
+        raise _Invalid(f"{_LISTEN_HELP}: {exc.reason}") from None
+    return ListenAddress(transport, host, 5060 if port is None else port)
+
+
+def _listen_list(value: object) -> tuple[ListenAddress, ...]:
+    if not isinstance(value, list) or not value:
+        raise _Invalid(f'expected a non-empty list like ["udp:127.0.0.1:5060"], got {_show(value)}')
+    addresses: list[ListenAddress] = []
+    for i, item in enumerate(value):
+        try:
+            address = _listen_address(item)
+        except _Invalid as exc:
+            raise _Invalid(exc.reason, f"[{i}]") from None
+        if address in addresses:
+            raise _Invalid(f"{address} is listed twice", f"[{i}]")
+        addresses.append(address)
+    return tuple(addresses)
+
+
+def _algorithms(value: object) -> tuple[str, ...]:
+    items: list[tuple[object, str]]
+    if isinstance(value, str):
+        items = [(part.strip(), "") for part in value.split(",")]
+    elif isinstance(value, list):
+        items = [(item, f"[{i}]") for i, item in enumerate(value)]
+    else:
+        raise _Invalid(f'expected a list like ["SHA-256", "MD5"], got {_show(value)}')
+    if not items:
+        raise _Invalid("must list at least one algorithm")
+    names: list[str] = []
+    for item, sub in items:
+        name = item.strip().upper() if isinstance(item, str) else ""
+        if name not in DIGEST_ALGORITHMS:
+            raise _Invalid(
+                f"expected one of {', '.join(DIGEST_ALGORITHMS)}, got {_show(item)}", sub
+            )
+        if name in names:
+            raise _Invalid(f"{name} is listed twice", sub)
+        names.append(name)
+    return tuple(names)
+
+
+def _realm(value: object) -> str:
+    realm = _text(value)
+    if '"' in realm or "\\" in realm:
+        raise _Invalid(f"must not contain quotes or backslashes, got {_show(value)}")
+    return realm
+
+
+def _registrar_db_default(storage: StorageConfig) -> str:
+    """``NAME-registrar.db`` in the directory of the monitor's own database."""
+    path = Path(storage.path)
+    return str(path.with_name(f"{path.stem}-registrar.db"))
+
+
+_REGISTRAR_VALUES: dict[str, _Parser] = {
+    "listen": _listen_list,
+    "users": _existing_path(directory_ok=False),
+    "realm": _realm,
+    "digest_algorithms": _algorithms,
+    "qualify_frequency": _duration(0, 86400, zero=True),
+    "qualify_timeout": _duration(0, 300),
+    "remove_unavailable": _boolean,
+    "min_expires": _whole_seconds(1, 2**32 - 1),
+    "max_expires": _whole_seconds(1, 2**32 - 1),
+    "flow_timer": _whole_seconds(1, 2**32 - 1),
+    "flow_timer_always": _boolean,
+    "db": lambda value: _text(value, max_len=4096),
+}
+REGISTRAR_KEYS = tuple(_REGISTRAR_VALUES)
+"""Every key of the ``[registrar]`` table, in documentation order."""
+_make_section = cast("Callable[..., RegistrarSection]", RegistrarSection)
+
+
+def _parse_registrar(
+    doc: Mapping[str, object], storage: StorageConfig, ctx: _Context
+) -> RegistrarSection | None:
+    if "registrar" not in doc:
+        return None
+    table = _table(doc["registrar"], "registrar", ctx, "[registrar]")
+    _check_keys(table, REGISTRAR_KEYS, "registrar.", ctx, "[registrar]")
+    for key in ("listen", "users"):
+        if key not in table:
+            raise ctx.error(f"registrar.{key}", f"missing: [registrar] needs {key}")
+    values = {
+        key: _parse_value(_REGISTRAR_VALUES[key], value, f"registrar.{key}", ctx)
+        for key, value in table.items()
+    }
+    values.setdefault("db", _registrar_db_default(storage))
+    section = _make_section(**values)
+    if section.max_expires < section.min_expires:
+        if "max_expires" in table:
+            raise ctx.error(
+                "registrar.max_expires",
+                f"must be at least min_expires ({section.min_expires} s)",
+            )
+        raise ctx.error(
+            "registrar.min_expires",
+            f"must not exceed max_expires ({section.max_expires} s, the default)",
+        )
+    # The registrar's own checks (flow_timer_always needs flow_timer), so that a file is
+    # refused here rather than at start; its field names are the keys' (algorithms, whose
+    # is not, are checked above).
+    try:
+        RegistrarRules(
+            realm=section.realm,
+            min_expires=section.min_expires,
+            max_expires=section.max_expires,
+            default_expires=section.min_expires,
+            flow_timer=section.flow_timer,
+            flow_timer_always=section.flow_timer_always,
+            algorithms=section.digest_algorithms,
+        )
+    except ConfigError as exc:
+        raise ctx.error(f"registrar.{exc.where}", exc.reason) from None
+    return section
+
+
 # ---------------------------------------------------------------------------------------------
 # Entry points
 
@@ -830,13 +1029,16 @@ def parse_config(
         detail = message[: match.start()] if match else message
         raise ConfigError(where, f"TOML syntax error: {detail}") from None
     _check_keys(doc, _TOP_KEYS, "", ctx, "the top level")
+    http = _parse_http(doc, ctx)
+    storage = _parse_storage(doc, ctx)
     return MonitorConfig(
         source=source_name,
-        http=_parse_http(doc, ctx),
-        storage=_parse_storage(doc, ctx),
+        http=http,
+        storage=storage,
         targets=_parse_targets(doc, ctx),
         webhooks=_parse_webhooks(doc, ctx),
         exec_hooks=_parse_exec(doc, ctx),
+        registrar=_parse_registrar(doc, storage, ctx),
     )
 
 

@@ -2,6 +2,11 @@
 
 SIGHUP reloads the configuration (a bad file is reported and the running one kept); SIGTERM
 and SIGINT stop it after committing state. Transitions are logged as JSON lines on stdout.
+
+With a ``[registrar]`` table it is a registrar too, as ``sipalive respond --registrar`` is:
+its listeners take REGISTERs (and answer OPTIONS, CRLF pings and STUN like ``respond``), the
+contacts are qualified through their flows and shown by the HTTP app. It starts before the
+targets and stops after the web server; SIGHUP does not change it.
 """
 
 from __future__ import annotations
@@ -9,13 +14,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sipalive.cli.common import UsageError
-from sipalive.config import MonitorConfig, load_config
+from sipalive.config import MonitorConfig, RegistrarSection, load_config
 from sipalive.errors import ConfigError, SipaliveError
+
+if TYPE_CHECKING:
+    from sipalive.io.registrar import RegistrarService
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +66,12 @@ async def _run(config: MonitorConfig, args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     runner: web.AppRunner | None = None
+    registrar: RegistrarRole | None = None
     try:
+        if config.registrar is not None:
+            registrar = RegistrarRole(config.registrar)
+            await registrar.start()
+            engine.registrar = registrar.service
         await dispatcher.start()
         await engine.start()
         token = config.http.token.reveal() if config.http.token else None
@@ -73,7 +88,12 @@ async def _run(config: MonitorConfig, args: argparse.Namespace) -> int:
 
         def reload() -> None:
             try:
-                engine.reload(load_config(config.source))
+                new = load_config(config.source)
+                engine.reload(new)
+                if new.registrar != config.registrar:
+                    logging.getLogger("sipalive.monitor").warning(
+                        "[registrar] changed: the registrar keeps its settings until a restart"
+                    )
             except ConfigError as exc:
                 logging.getLogger("sipalive.monitor").error("reload refused: %s", exc)
             except SipaliveError as exc:
@@ -89,12 +109,101 @@ async def _run(config: MonitorConfig, args: argparse.Namespace) -> int:
     finally:
         if runner is not None:
             await runner.cleanup()
+        if registrar is not None:
+            await registrar.close()
         await engine.close()
         await dispatcher.close()
         writer.close()
         store_r.close()
         store_w.close()
     return 0
+
+
+class RegistrarRole:
+    """The registrar of ``[registrar]``: its service, and the listeners it takes REGISTERs
+    from. Construction loads the users file and opens the binding database (ConfigError)."""
+
+    def __init__(self, section: RegistrarSection) -> None:
+        from sipalive.io.registrar import (
+            BindingStore,
+            RegistrarService,
+            RegistrarSettings,
+            load_users,
+        )
+        from sipalive.qualify import QualifySettings
+        from sipalive.sip.registrar import Registrar, RegistrarConfig
+
+        self.section = section
+        self.log = logging.getLogger("sipalive.monitor")
+        users = load_users(section.users, self.log.warning)
+        config = RegistrarConfig(
+            realm=section.realm,
+            min_expires=section.min_expires,
+            max_expires=section.max_expires,
+            default_expires=max(section.min_expires, min(3600, section.max_expires)),
+            flow_timer=section.flow_timer,
+            flow_timer_always=section.flow_timer_always,
+            algorithms=section.digest_algorithms,
+        )
+        settings = RegistrarSettings(
+            qualify=QualifySettings(
+                qualify_frequency=section.qualify_frequency,
+                qualify_timeout=section.qualify_timeout,
+            ),
+            remove_unavailable=section.remove_unavailable,
+        )
+        store = BindingStore(section.db)
+        try:
+            fresh = os.urandom(32)
+            registrar = Registrar(
+                config,
+                users,
+                secret=store.secret(lambda: fresh),
+                rand_token=lambda: os.urandom(8).hex(),
+                tag_key=os.urandom(16),
+            )
+            self.service: RegistrarService = RegistrarService(
+                registrar, settings, store=store, log=self.log.info
+            )
+            self.service.restore()
+        except ConfigError:
+            store.close()
+            raise
+        self._opened: list[asyncio.BaseTransport | asyncio.Server] = []
+        self._sweeper: asyncio.Future[None] | None = None
+
+    async def start(self) -> None:
+        """Open the listeners (an OSError names the address) and start qualifying."""
+        from sipalive.io.limits import Admission
+        from sipalive.io.server import Listener, ListenSpec, start_listeners, sweep_idle
+        from sipalive.sip.responder import ResponderConfig, StatelessResponder
+
+        responder = StatelessResponder(ResponderConfig(tag_key=os.urandom(16)))
+        listener = Listener(responder, Admission(None, None), log=self.log.info)
+        self.service.attach(listener)
+        for address in self.section.listen:
+            spec = ListenSpec(address.transport, address.host, address.port)
+            try:
+                self._opened += await start_listeners(listener, [spec])
+            except OSError as exc:
+                reason = f"registrar cannot listen on {spec}: {exc.strerror or exc}"
+                raise OSError(exc.errno, reason) from exc
+        self.service.listening(self._opened)
+        self._sweeper = asyncio.ensure_future(sweep_idle(listener))
+        self.log.info(
+            "registrar listening on %s (database %s, %d bindings)",
+            ", ".join(map(str, self.section.listen)),
+            self.section.db,
+            len(self.service.registrar),
+        )
+
+    async def close(self) -> None:
+        """Stop qualifying, write the bindings, close the listeners."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        await self.service.close()
+        for item in self._opened:
+            item.close()
 
 
 def main(argv: list[str]) -> int:
@@ -109,11 +218,17 @@ def main(argv: list[str]) -> int:
         parser.error(f"{args.config}: no such file")
     try:
         config = load_config(args.config)
+        registrar = config.registrar
+        if args.check_config and registrar is not None:
+            from sipalive.io.registrar import load_users
+
+            load_users(registrar.users, logging.getLogger("sipalive.monitor").warning)
     except ConfigError as exc:
         sys.stderr.write(f"sipalive monitor: {exc}\n")
         return 1
     if args.check_config:
-        sys.stdout.write(f"{args.config}: OK, {len(config.targets)} targets\n")
+        where = f", a registrar on {', '.join(map(str, registrar.listen))}" if registrar else ""
+        sys.stdout.write(f"{args.config}: OK, {len(config.targets)} targets{where}\n")
         return 0
     from sipalive.cli.ping import run_loop
 

@@ -27,6 +27,11 @@ Endpoints (all GET; times in JSON are ISO 8601 UTC ``2024-05-01T12:00:00.123Z``,
     last id seen.
 ``/api/summary``
     Targets per state and the engine's numbers, with ``last_event_id`` to start polling from.
+``/api/contacts``
+    The contacts registered with the monitor's registrar (``[registrar]``), by AOR and
+    contact: ``{aor, contact, source, transport, expires_at, state, rtt_s, user_agent,
+    registered_at}``, ``source`` the "host:port" requests to it go to, ``rtt_s`` the last
+    qualify's. An empty list when there are none, or no registrar.
 ``/`` and ``/targets/{name}``
     The status page and a target's page (:mod:`sipalive.http.page`).
 
@@ -66,10 +71,12 @@ from sipalive.http import page
 from sipalive.http.metrics import CHUNK, CONTENT_TYPE, render_metrics, render_probe
 from sipalive.http.view import (
     STATES,
+    ContactView,
     MonitorView,
     RttMinuteView,
     TargetView,
     TransitionView,
+    contacts_of,
 )
 from sipalive.sip.uri import TRANSPORTS, parse_uri
 from sipalive.store.sqlite import iso8601
@@ -167,6 +174,32 @@ class SummaryJSON(msgspec.Struct, gc=False):
     scheduler_lag_p99_s: float | None
     started_at: str
     last_event_id: int
+
+
+class ContactJSON(msgspec.Struct, gc=False):
+    aor: str
+    contact: str
+    source: str
+    transport: str
+    expires_at: str
+    state: str
+    rtt_s: float | None
+    user_agent: str | None
+    registered_at: str
+
+
+def contact_json(c: ContactView) -> ContactJSON:
+    return ContactJSON(
+        aor=c.aor,
+        contact=c.contact,
+        source=c.source,
+        transport=c.transport,
+        expires_at=iso8601(c.expires_at),
+        state=c.state,
+        rtt_s=c.rtt_s,
+        user_agent=c.user_agent,
+        registered_at=iso8601(c.registered_at),
+    )
 
 
 def target_json(t: TargetView) -> TargetJSON:
@@ -425,13 +458,25 @@ async def api_targets(request: web.Request) -> web.StreamResponse:
     async for chunk in chunks(request.app[VIEW].targets()):
         selected += filter(keep, chunk)
     selected = selected[offset : offset + limit]
+    return await stream(request, await json_array(selected, target_json), "application/json")
+
+
+async def json_array(
+    items: Sequence[T], to_json: Callable[[T], object]
+) -> list[bytes | memoryview]:
+    """``items`` as the pieces of one JSON array, encoded in chunks between yields."""
     pieces: list[bytes | memoryview] = [b"["]
-    async for chunk in chunks(selected, JSON_CHUNK):
+    async for chunk in chunks(items, JSON_CHUNK):
         if len(pieces) > 1:
             pieces.append(b",")
-        pieces.append(memoryview(_encoder.encode([target_json(t) for t in chunk]))[1:-1])
+        pieces.append(memoryview(_encoder.encode([to_json(item) for item in chunk]))[1:-1])
     pieces.append(b"]")
-    return await stream(request, pieces, "application/json")
+    return pieces
+
+
+async def api_contacts(request: web.Request) -> web.StreamResponse:
+    contacts = contacts_of(request.app[VIEW]) or ()
+    return await stream(request, await json_array(contacts, contact_json), "application/json")
 
 
 def _known(request: web.Request) -> TargetView:
@@ -548,6 +593,7 @@ async def index(request: web.Request) -> web.Response:
         "".join(rows),
         nonce,
         view.stats().last_event_id,
+        page.contacts_section(contacts_of(view) or (), now),
     )
     return _html(text, nonce)
 
@@ -591,6 +637,7 @@ def make_app(view: MonitorView, *, token: str | None = None) -> web.Application:
     app.router.add_get("/api/targets/{name}/rtt", api_rtt)
     app.router.add_get("/api/events", api_events)
     app.router.add_get("/api/summary", api_summary)
+    app.router.add_get("/api/contacts", api_contacts)
     app.router.add_get("/", index)
     app.router.add_get("/targets/{name}", target_page)
     return app

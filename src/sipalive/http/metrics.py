@@ -9,6 +9,17 @@ Families on ``/metrics`` (per target, label ``target`` = the target's name):
   not accept: ``failures - timeouts - transport_errors``), ``timeout``, ``transport_error``;
   the four add up to the target's probes.
 
+With a registrar (``[registrar]``), per registered contact (labels ``aor`` and ``contact``, the
+Contact URI) and for the registrar as a whole:
+
+- ``sip_contact_up`` gauge: 1 if the contact is reachable or lagged, else 0.
+- ``sip_contact_rtt_seconds`` gauge: the last qualify's RTT; absent while there is none.
+- ``sip_registrar_contacts{state}`` gauge: contacts per state, all five states listed.
+
+Two bindings may share one Contact URI (RFC 5626 outbound: one instance, two ``reg-id``
+flows); they make one series, up if either is, with the smaller RTT, because a scrape with
+two samples of one series is refused whole.
+
 then the engine's (``sipalive_*``: targets, targets by state, probes in flight, probes by result,
 scheduler lag p99, start time, the previous render's duration) and the process's, read from
 ``/proc`` as the Prometheus client libraries name them (``process_*``).
@@ -39,7 +50,15 @@ from collections.abc import Iterable, Sequence
 from itertools import compress, repeat
 from operator import attrgetter, eq
 
-from sipalive.http.view import STATES, EngineStats, MonitorView, ProbeReport, TargetView
+from sipalive.http.view import (
+    STATES,
+    ContactView,
+    EngineStats,
+    MonitorView,
+    ProbeReport,
+    TargetView,
+    contacts_of,
+)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 CHUNK = 1000
@@ -171,6 +190,39 @@ class TargetFamilies:
         ]
 
 
+async def contact_metrics(contacts: Sequence[ContactView], chunk: int = CHUNK) -> str:
+    """The registrar's families, yielding to the loop every ``chunk`` contacts."""
+    up: dict[tuple[str, str], int] = {}
+    rtt: dict[tuple[str, str], float] = {}
+    by_state = dict.fromkeys(STATES, 0)
+    for start in range(0, len(contacts), chunk):
+        for c in contacts[start : start + chunk]:
+            by_state[c.state] = by_state.get(c.state, 0) + 1
+            key = (c.aor, c.contact)
+            up[key] = max(up.get(key, 0), int(c.state in UP_STATES))
+            if c.rtt_s is not None and c.rtt_s < rtt.get(key, math.inf):
+                rtt[key] = c.rtt_s
+        await asyncio.sleep(0)
+    keys = list(up)
+    up_lines = [header("sip_contact_up", "gauge", "1 if the contact is reachable or lagged.")]
+    rtt_lines = [header("sip_contact_rtt_seconds", "gauge", "Last qualify RTT of the contact.")]
+    for start in range(0, len(keys), chunk):
+        for key in keys[start : start + chunk]:
+            labels = f'aor="{escape_label(key[0])}",contact="{escape_label(key[1])}"'
+            up_lines.append(f"sip_contact_up{{{labels}}} {up[key]}\n")
+            if key in rtt:
+                rtt_lines.append(f"sip_contact_rtt_seconds{{{labels}}} {rtt[key]:.6f}\n")
+        await asyncio.sleep(0)
+    return "".join(
+        [
+            *up_lines,
+            *rtt_lines,
+            header("sip_registrar_contacts", "gauge", "Registered contacts per state."),
+            *(sample("sip_registrar_contacts", n, [("state", s)]) for s, n in by_state.items()),
+        ]
+    )
+
+
 def engine_metrics(stats: EngineStats, by_state: dict[str, int], render_s: float | None) -> str:
     """The ``sipalive_*`` families: what the engine as a whole is doing."""
     probes = stats.probes_total
@@ -250,8 +302,12 @@ async def render_metrics(
     for start in range(0, len(targets), chunk):
         families.add(targets[start : start + chunk])
         await asyncio.sleep(0)
+    pieces = families.pieces()
+    contacts = contacts_of(view)
+    if contacts is not None:
+        pieces.append((await contact_metrics(contacts, chunk)).encode())
     tail = engine_metrics(stats, families.by_state, previous_render_s) + process_metrics()
-    return [*families.pieces(), tail.encode()]
+    return [*pieces, tail.encode()]
 
 
 def render_probe(report: ProbeReport) -> str:

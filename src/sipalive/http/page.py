@@ -11,6 +11,10 @@ The table shows unreachable targets first, then lagged, unknown, reachable, nonq
 the view's order within a state), :data:`PAGE_SIZE` rows a page. The search box filters the
 rows of the page as one types; Enter searches all targets on the server (``?q=``).
 
+With a registrar (``[registrar]``) and contacts registered, a "Registered contacts" section
+follows the table (:func:`contacts_section`): worst first, at most :data:`PAGE_SIZE` of them,
+as they were when the page was made (the script does not refresh them).
+
 Times are shown in UTC (the server cannot know the reader's zone) and as "x ago", which the
 script keeps current. Plots are SVG drawn here: a sparkline of ``recent_rtts`` per row and, on
 the target page, 24 h of per-minute RTT (mean line over a min-max band, a gap where the target
@@ -27,7 +31,7 @@ from datetime import UTC, datetime
 from itertools import repeat
 from urllib.parse import quote, urlencode
 
-from sipalive.http.view import RttMinuteView, TargetView, TransitionView
+from sipalive.http.view import ContactView, RttMinuteView, TargetView, TransitionView
 from sipalive.store.sqlite import iso8601
 
 PAGE_SIZE = 500
@@ -443,8 +447,10 @@ def index_page(
     rows_html: str,
     nonce: str,
     last_event_id: int,
+    contacts_html: str = "",
 ) -> str:
-    """The status page: counts per state, a search box, one page of targets (:func:`rows`)."""
+    """The status page: counts per state, a search box, one page of targets (:func:`rows`),
+    then ``contacts_html`` (:func:`contacts_section`)."""
     pages = max(1, math.ceil(matched / PAGE_SIZE))
     cards = "".join(
         f'<a class="card{" selected" if query.state == s else ""}" data-state="{s}" '
@@ -497,7 +503,7 @@ def index_page(
         table += '<p class="muted">No target matches.</p>'
     return _document(
         f"sipalive · {counts.get('unreachable', 0)} unreachable",
-        f'<nav class="cards">{cards}</nav>{toolbar}{table}',
+        f'<nav class="cards">{cards}</nav>{toolbar}{table}{contacts_html}',
         nonce,
         last_event_id,
         worst(counts),
@@ -532,6 +538,41 @@ def _row(t: TargetView, now: float) -> str:
         f"<td>{since_cell(t.since, now)}</td>"
         f"<td>{sparkline(t.recent_rtts)}</td>"
         f"<td>{_last_answer(t)}</td></tr>"
+    )
+
+
+def contacts_section(contacts: Sequence[ContactView], now: float) -> str:
+    """The registrar's contacts, worst state first, then by AOR; "" when there are none."""
+    if not contacts:
+        return ""
+    rank = {state: i for i, state in enumerate(ORDER)}
+    shown = sorted(contacts, key=lambda c: (rank.get(c.state, len(ORDER)), c.aor, c.contact))
+    shown = shown[:PAGE_SIZE]
+    more = len(contacts) - len(shown)
+    note = (
+        f'<p class="muted">{more} more in <a href="/api/contacts">/api/contacts</a>.</p>'
+        if more
+        else ""
+    )
+    return (
+        '<section class="panel contacts" id="contacts"><h2>Registered contacts '
+        f'<span class="muted">({len(contacts)})</span></h2>'
+        "<table><thead><tr><th>State</th><th>AOR</th><th>Contact</th><th>Source</th>"
+        '<th class="num">RTT</th><th>Expires in</th></tr></thead><tbody>'
+        + "".join(map(_contact_row, shown, repeat(now)))
+        + f"</tbody></table>{note}</section>"
+    )
+
+
+def _contact_row(c: ContactView, now: float) -> str:
+    agent = f' title="{esc(c.user_agent)}"' if c.user_agent else ""
+    return (
+        f'<tr data-state="{esc(c.state)}"><td>{badge(c.state)}</td>'
+        f'<td class="name">{esc(c.aor)}</td>'
+        f'<td><span class="uri"{agent}>{esc(c.contact)}</span></td>'
+        f"<td>{esc(c.transport)} {esc(c.source)}</td>"
+        f'<td class="num">{fmt_rtt(c.rtt_s)}</td>'
+        f'<td title="{esc(fmt_utc(c.expires_at))}">{fmt_ago(c.expires_at - now)}</td></tr>'
     )
 
 

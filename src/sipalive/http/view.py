@@ -3,13 +3,16 @@
 The engine implements ``MonitorView``; the HTTP code never touches engine internals. Times are
 wall-clock epoch seconds (floats); RTTs are seconds. State names are the Contract's lower-case
 strings: unknown, reachable, lagged, unreachable, nonqualified.
+
+A view whose monitor runs a registrar (``[registrar]``) also implements ``RegistrarView``;
+:func:`contacts_of` reads the contacts of any view (None: no registrar).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 STATES = ("unknown", "reachable", "lagged", "unreachable", "nonqualified")
 
@@ -100,3 +103,32 @@ class MonitorView(Protocol):
     def stats(self) -> EngineStats: ...
 
     async def probe(self, uri: str, module: str | None, timeout: float) -> ProbeReport: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ContactView:
+    """A contact registered with the monitor's registrar. ``source`` is where requests to it
+    go ("host:port": the NAT binding over UDP, the peer of the kept connection over TCP);
+    ``state`` one of STATES, from qualifying it through that flow."""
+
+    aor: str
+    contact: str
+    source: str
+    transport: str
+    expires_at: float
+    state: str
+    rtt_s: float | None
+    user_agent: str | None
+    registered_at: float
+
+
+@runtime_checkable
+class RegistrarView(Protocol):
+    def contacts(self) -> Sequence[ContactView] | None:
+        """The registered contacts, or None when no registrar runs."""
+        ...
+
+
+def contacts_of(view: MonitorView) -> Sequence[ContactView] | None:
+    """The contacts of ``view``; None when it has no registrar."""
+    return view.contacts() if isinstance(view, RegistrarView) else None

@@ -22,12 +22,20 @@ import random
 import socket
 import ssl
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from sipalive import clock
 from sipalive.config import MonitorConfig, Target, TargetSettings
 from sipalive.errors import ParseError, ResolveError, TransportError
 from sipalive.events import Event, EventDispatcher
-from sipalive.http.view import EngineStats, ProbeReport, RttMinuteView, TargetView, TransitionView
+from sipalive.http.view import (
+    ContactView,
+    EngineStats,
+    ProbeReport,
+    RttMinuteView,
+    TargetView,
+    TransitionView,
+)
 from sipalive.io.driver import TransactionDriver
 from sipalive.io.flows import StreamFlow, open_stream
 from sipalive.io.resolver import Target as Resolved
@@ -43,7 +51,7 @@ from sipalive.qualify.schedule import Scheduler
 from sipalive.qualify.state import QualifyCounters, QualifySettings, QualifyState, Transition
 from sipalive.qualify.target import QualifyTarget
 from sipalive.sip import digest
-from sipalive.sip.build import OptionsTemplate, make_request
+from sipalive.sip.build import OptionsTemplate, format_host, make_request
 from sipalive.sip.transaction import (
     Cause,
     ClientTransaction,
@@ -53,6 +61,9 @@ from sipalive.sip.transaction import (
 from sipalive.sip.uri import parse_uri
 from sipalive.store.sqlite import PruneResult, Store, StoreWriter, TargetRow, TransitionRow
 from sipalive.stun import codec as stun
+
+if TYPE_CHECKING:
+    from sipalive.io.registrar import RegistrarService
 
 log = logging.getLogger("sipalive.monitor")
 
@@ -192,6 +203,7 @@ class MonitorEngine:
         self.started_at = wall()
         self._closing = False
         self._prune_handle: asyncio.TimerHandle | None = None
+        self.registrar: RegistrarService | None = None  # [registrar]: set by cli/monitor.py
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -816,6 +828,24 @@ class MonitorEngine:
             started_at=self.started_at,
             last_event_id=self.store.last_transition_id(),
         )
+
+    def contacts(self) -> list[ContactView] | None:
+        if self.registrar is None:
+            return None
+        return [
+            ContactView(
+                aor=c.aor,
+                contact=c.contact,
+                source=f"{format_host(c.source[0])}:{c.source[1]}",
+                transport=c.transport,
+                expires_at=c.expires_at,
+                state=c.state,
+                rtt_s=c.rtt,
+                user_agent=c.user_agent,
+                registered_at=c.registered_at,
+            )
+            for c in self.registrar.contacts()
+        ]
 
     async def probe(self, uri: str, module: str | None, timeout: float) -> ProbeReport:
         """An on-demand probe (``/probe``), outside the schedule, with phase timings."""
