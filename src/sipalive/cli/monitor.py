@@ -25,7 +25,7 @@ from sipalive.config import MonitorConfig, RegistrarSection, load_config
 from sipalive.errors import ConfigError, SipaliveError
 
 if TYPE_CHECKING:
-    from sipalive.io.registrar import RegistrarService
+    pass
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,51 +124,25 @@ class RegistrarRole:
     from. Construction loads the users file and opens the binding database (ConfigError)."""
 
     def __init__(self, section: RegistrarSection) -> None:
-        from sipalive.io.registrar import (
-            BindingStore,
-            RegistrarService,
-            RegistrarSettings,
-            load_users,
-        )
-        from sipalive.qualify import QualifySettings
-        from sipalive.sip.registrar import Registrar, RegistrarConfig
+        from sipalive.io.registrar import build_service
 
         self.section = section
         self.log = logging.getLogger("sipalive.monitor")
-        users = load_users(section.users, self.log.warning)
-        config = RegistrarConfig(
+        self.service = build_service(
+            users_path=section.users,
             realm=section.realm,
+            algorithms=section.digest_algorithms,
             min_expires=section.min_expires,
             max_expires=section.max_expires,
-            default_expires=max(section.min_expires, min(3600, section.max_expires)),
             flow_timer=section.flow_timer,
             flow_timer_always=section.flow_timer_always,
-            algorithms=section.digest_algorithms,
-        )
-        settings = RegistrarSettings(
-            qualify=QualifySettings(
-                qualify_frequency=section.qualify_frequency,
-                qualify_timeout=section.qualify_timeout,
-            ),
+            qualify_frequency=section.qualify_frequency,
+            qualify_timeout=section.qualify_timeout,
             remove_unavailable=section.remove_unavailable,
+            db_path=section.db,
+            log=self.log.info,
+            warn=self.log.warning,
         )
-        store = BindingStore(section.db)
-        try:
-            fresh = os.urandom(32)
-            registrar = Registrar(
-                config,
-                users,
-                secret=store.secret(lambda: fresh),
-                rand_token=lambda: os.urandom(8).hex(),
-                tag_key=os.urandom(16),
-            )
-            self.service: RegistrarService = RegistrarService(
-                registrar, settings, store=store, log=self.log.info
-            )
-            self.service.restore()
-        except ConfigError:
-            store.close()
-            raise
         self._opened: list[asyncio.BaseTransport | asyncio.Server] = []
         self._sweeper: asyncio.Future[None] | None = None
 

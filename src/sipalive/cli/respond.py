@@ -191,54 +191,24 @@ def _add_registrar_options(p: argparse.ArgumentParser) -> None:
 def _registrar(args: argparse.Namespace) -> RegistrarService | None:
     if not args.registrar:
         return None
-    from sipalive.io.registrar import (
-        BindingStore,
-        RegistrarService,
-        RegistrarSettings,
-        load_users,
-    )
-    from sipalive.qualify import QualifySettings
-    from sipalive.sip.registrar import Registrar, RegistrarConfig
+    from sipalive.io.registrar import build_service
 
     if not args.users:
         raise UsageError("--registrar needs --users FILE")
-    min_expires = parse_count(args.min_expires, "--min-expires", 1)
-    max_expires = parse_count(args.max_expires, "--max-expires", 1)
-    store = None
     try:
-        users = load_users(args.users)
-        config = RegistrarConfig(
+        return build_service(
+            users_path=args.users,
             realm=args.realm,
-            min_expires=min_expires,
-            max_expires=max_expires,
-            default_expires=max(min_expires, min(3600, max_expires)),
+            algorithms=tuple(a.strip().upper() for a in args.digest_algorithms.split(",")),
+            min_expires=parse_count(args.min_expires, "--min-expires", 1),
+            max_expires=parse_count(args.max_expires, "--max-expires", 1),
             flow_timer=parse_count(args.flow_timer, "--flow-timer", 1) if args.flow_timer else None,
             flow_timer_always=args.flow_timer_always,
-            algorithms=tuple(a.strip().upper() for a in args.digest_algorithms.split(",")),
+            qualify_frequency=parse_duration(args.qualify_frequency, "--qualify-frequency"),
+            qualify_timeout=parse_duration(args.qualify_timeout, "--qualify-timeout"),
+            remove_unavailable=args.remove_unavailable,
+            db_path=args.registrar_db or None,
             server=args.server_header or None,
         )
-        settings = RegistrarSettings(
-            qualify=QualifySettings(
-                qualify_frequency=parse_duration(args.qualify_frequency, "--qualify-frequency"),
-                qualify_timeout=parse_duration(args.qualify_timeout, "--qualify-timeout"),
-            ),
-            remove_unavailable=args.remove_unavailable,
-        )
-        secret = os.urandom(32)
-        if args.registrar_db:
-            store = BindingStore(args.registrar_db)
-            secret = store.secret(lambda: secret)
-        registrar = Registrar(
-            config,
-            users,
-            secret=secret,
-            rand_token=lambda: os.urandom(8).hex(),
-            tag_key=os.urandom(16),
-        )
-        service = RegistrarService(registrar, settings, store=store)
-        service.restore()
     except ConfigError as exc:
-        if store is not None:
-            store.close()
         raise UsageError(str(exc)) from exc
-    return service

@@ -63,6 +63,7 @@ from sipalive.sip.registrar import (
     Flow,
     RegisterRejected,
     Registrar,
+    RegistrarConfig,
     RemoveCause,
     SendResponse,
     Users,
@@ -843,3 +844,59 @@ class RegistrarService:
 
 def _name(binding: Binding) -> str:
     return f"{binding.aor}|{binding.key}"
+
+
+def build_service(
+    *,
+    users_path: str,
+    realm: str,
+    algorithms: tuple[str, ...],
+    min_expires: int,
+    max_expires: int,
+    flow_timer: int | None,
+    flow_timer_always: bool,
+    qualify_frequency: float,
+    qualify_timeout: float,
+    remove_unavailable: bool,
+    db_path: str | None,
+    server: str | None = None,
+    log: Callable[[str], None] = log_line,
+    warn: Callable[[str], None] | None = None,
+) -> RegistrarService:
+    """The registrar service of ``respond --registrar`` and of the monitor's ``[registrar]``:
+    users file, binding database (its nonce secret survives restarts), restored bindings.
+    Raises ConfigError naming the file (users, database) and the reason."""
+    users = load_users(users_path, warn or log)
+    config = RegistrarConfig(
+        realm=realm,
+        min_expires=min_expires,
+        max_expires=max_expires,
+        default_expires=max(min_expires, min(3600, max_expires)),
+        flow_timer=flow_timer,
+        flow_timer_always=flow_timer_always,
+        algorithms=algorithms,
+        server=server,
+    )
+    settings = RegistrarSettings(
+        qualify=QualifySettings(
+            qualify_frequency=qualify_frequency, qualify_timeout=qualify_timeout
+        ),
+        remove_unavailable=remove_unavailable,
+    )
+    fresh = os.urandom(32)
+    store = BindingStore(db_path) if db_path else None
+    try:
+        registrar = Registrar(
+            config,
+            users,
+            secret=store.secret(lambda: fresh) if store is not None else fresh,
+            rand_token=lambda: os.urandom(8).hex(),
+            tag_key=os.urandom(16),
+        )
+        service = RegistrarService(registrar, settings, store=store, log=log)
+        service.restore()
+    except ConfigError:
+        if store is not None:
+            store.close()
+        raise
+    return service
