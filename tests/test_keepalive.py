@@ -661,3 +661,28 @@ def test_tcp_option_names_exist_in_the_socket_module() -> None:
     for level, name, _ in options.sockopts():
         assert hasattr(socket, level), level
         assert hasattr(socket, name), name
+
+
+def test_stun_keepalive_timeout_bounds_the_transaction() -> None:
+    """A cut shorter than RFC 5389's 39.5 s must still be seen (found by the NAT tests)."""
+    from sipalive.keepalive.stun import SendStun as _Send
+    from sipalive.keepalive.stun import StunKeepalive, StunKeepaliveState
+
+    ka = StunKeepalive(25.0, rand=lambda: 1.0, rand_bytes=lambda n: b"\x01" * n, timeout=2.0)
+    ka.start(0.0)
+    assert isinstance(ka.handle_timer(0.0)[0], _Send)
+    sends = [0.0]
+    now = 0.0
+    for _ in range(20):  # bounded
+        when = ka.get_timer()
+        assert when is not None
+        now = when
+        events = ka.handle_timer(now)
+        if any(isinstance(e, _Send) for e in events):
+            sends.append(now)
+        if ka.state is StunKeepaliveState.FAILED:
+            break
+    assert ka.state is StunKeepaliveState.FAILED
+    assert now == 2.0  # 0.5 + 1.0 + (cut short at 2.0 instead of the 4.0 s RTO step)
+    assert sends == [0.0, 0.5, 1.5]
+    assert "within 2 s" in events[-1].reason  # type: ignore[attr-defined]

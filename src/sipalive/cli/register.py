@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pong-timeout",
         default="10",
-        help="TCP/TLS: no CRLF pong this long after a ping means the flow failed",
+        help="no CRLF pong (TCP/TLS) or STUN answer (UDP, --keepalive stun) this long after "
+        "a keep-alive means the flow failed",
     )
     p.add_argument(
         "--tcp-keepalive",

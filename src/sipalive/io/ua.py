@@ -559,6 +559,7 @@ class UserAgent:
                 rand=self._rand,
                 rand_bytes=self._rand_bytes,
                 software=self.config.user_agent,
+                timeout=self.config.pong_timeout,  # a cut must be seen before it heals
             )
         if mode == "options":
             reg = self.registration.config

@@ -102,7 +102,10 @@ class StunKeepalive:
     random. ``rto_cap`` bounds the doubled RTO, for callers that want the transaction (and so
     failure detection) to end sooner than RFC 5389's 39.5 s. Only one transaction is in
     flight at a time: if it outlives the interval, the next request goes out as soon as it
-    ends. ``interval`` may change at run time (:meth:`set_interval`), to follow a Flow-Timer
+    ends. ``timeout`` bounds a whole transaction (the flow fails that long after the first
+    request if nothing answered): a keep-alive must notice a cut far sooner than RFC 5389's
+    39.5 s, or a short cut heals unseen while the registrar has already dropped the binding.
+    ``interval`` may change at run time (:meth:`set_interval`), to follow a Flow-Timer
     header (RFC 5626 §4.4.1) or a Via ``keep`` value (RFC 6223).
     """
 
@@ -117,6 +120,7 @@ class StunKeepalive:
         rto_cap: float | None = None,
         rm: int = RM,
         software: str | None = None,
+        timeout: float | None = None,
     ) -> None:
         if not rto > 0.0:
             raise LocalProtocolError(f"RTO must be positive, got {rto!r}")
@@ -128,6 +132,9 @@ class StunKeepalive:
             raise LocalProtocolError(f"rto_cap {rto_cap!r} is below the RTO {rto!r}")
         if rm < 1:
             raise LocalProtocolError(f"rm must be at least 1, got {rm}")
+        if timeout is not None and not timeout > 0.0:
+            raise LocalProtocolError(f"timeout must be positive, got {timeout!r}")
+        self._timeout = timeout
         self._interval = check_interval(interval)
         self._rand = rand
         self._rand_bytes = rand_bytes
@@ -183,6 +190,8 @@ class StunKeepalive:
         if self._state is StunKeepaliveState.IDLE:
             return self._next_request
         if self._state is StunKeepaliveState.WAITING_RESPONSE:
+            if self._timeout is not None:
+                return min(self._deadline, self._first_sent_at + self._timeout)
             return self._deadline
         return None
 
@@ -193,13 +202,16 @@ class StunKeepalive:
             return []
         if self._state is StunKeepaliveState.IDLE:
             return [self._begin_transaction(now)]
-        if self._transmissions < self._max_transmissions:
+        timed_out = self._timeout is not None and now >= self._first_sent_at + self._timeout
+        if not timed_out and self._transmissions < self._max_transmissions:
             self._transmissions += 1
             self._deadline = now + self._wait_after(self._transmissions)
             return [SendStun(self._request, self._transaction_id)]
         self._state = StunKeepaliveState.FAILED
         self._next_request = None
         reason = f"no STUN response to {self._transmissions} Binding requests"
+        if timed_out:
+            reason += f" within {self._timeout:g} s"
         return [FlowFailed(reason, now)]
 
     def response_received(self, data: bytes | StunMessage, now: float) -> list[StunKeepaliveEvent]:
