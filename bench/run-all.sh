@@ -2,11 +2,15 @@
 # run-all.sh - runs the four side-by-side benchmarks in sequence and prints a markdown table
 # (date, machine, each figure and ratio) to paste into README; saves the output of every script,
 # the machine-readable figures and the table under bench/results/<date>/ (small text files).
+# A fifth step, `monitor` (monitor_scale.sh: the monitor at scale against issue 3's targets),
+# runs only when ONLY names it.
 #
 #   bench/run-all.sh                 quick profile (~9 min on the 2-vCPU dev VM)
 #   PROFILE=long bench/run-all.sh    10-s points, 3 passes, 3 flood repeats, bisect twice, TCP for
 #                                    the responder too (~35-40 min)
 #   ONLY="check fastfail" bench/run-all.sh        a subset: check fastfail flood responder
+#   ONLY=monitor bench/run-all.sh                 the monitor: 20k UDP targets (quick, ~8 min);
+#                                    PROFILE=long: 100k UDP, 10k TCP (~17 min). MON_N etc. below
 #   RAW=1 ...                        also keep each script's raw files (CSV, screens, JSON, logs)
 # Any variable of the individual scripts may be set too (it wins over the profile).
 # Not a test: exits 0 when every script ran (whatever the figures), 2 if one had a setup error.
@@ -18,10 +22,12 @@ ONLY="${ONLY:-check fastfail flood responder}"
 case "$PROFILE" in
   quick)
     : "${ROUNDS:=3}" "${RUNS_CHECK:=30}" "${RUNS_FF:=10}" "${FLOOD_REPEAT:=1}" "${FLOOD_COUNT:=50000}"
-    : "${DURATION:=5}" "${REFINE:=1}" "${PASSES:=2}" "${RESP_TRANSPORTS:=udp}" "${FLOOD_TRANSPORTS:=udp tcp}" ;;
+    : "${DURATION:=5}" "${REFINE:=1}" "${PASSES:=2}" "${RESP_TRANSPORTS:=udp}" "${FLOOD_TRANSPORTS:=udp tcp}"
+    : "${MON_N:=20000}" "${MON_DURATION:=90}" "${MON_TCP_N:=5000}" "${MON_TCP_DURATION:=60}" "${MON_DETECT_ROUNDS:=2}" ;;
   long)
     : "${ROUNDS:=3}" "${RUNS_CHECK:=30}" "${RUNS_FF:=20}" "${FLOOD_REPEAT:=3}" "${FLOOD_COUNT:=100000}"
-    : "${DURATION:=10}" "${REFINE:=2}" "${PASSES:=3}" "${RESP_TRANSPORTS:=udp tcp}" "${FLOOD_TRANSPORTS:=udp tcp}" ;;
+    : "${DURATION:=10}" "${REFINE:=2}" "${PASSES:=3}" "${RESP_TRANSPORTS:=udp tcp}" "${FLOOD_TRANSPORTS:=udp tcp}"
+    : "${MON_N:=100000}" "${MON_DURATION:=240}" "${MON_TCP_N:=10000}" "${MON_TCP_DURATION:=120}" "${MON_DETECT_ROUNDS:=5}" ;;
   *) echo "PROFILE must be quick or long" >&2; exit 2 ;;
 esac
 STAMP="$(date +%Y-%m-%d_%H%M%S)"
@@ -50,7 +56,9 @@ for what in $ONLY; do
                  FLOOD_COUNT="$FLOOD_COUNT" DURATION="$DURATION" REFINE="$REFINE" PASSES="$PASSES" ;;
     responder) run_one responder responder_vs_kamailio.sh TRANSPORTS="$RESP_TRANSPORTS" DURATION="$DURATION" \
                  REFINE="$REFINE" PASSES="$PASSES" ;;
-    *) echo "unknown benchmark '$what' in ONLY" >&2; exit 2 ;;
+    monitor)   run_one monitor monitor_scale.sh N="$MON_N" DURATION="$MON_DURATION" TCP_N="$MON_TCP_N" \
+                 TCP_DURATION="$MON_TCP_DURATION" DETECT_ROUNDS="$MON_DETECT_ROUNDS" ;;
+    *) echo "unknown benchmark '$what' in ONLY (check fastfail flood responder monitor)" >&2; exit 2 ;;
   esac
 done
 
@@ -130,6 +138,59 @@ for tr in ("udp", "tcp"):
                              f"Kamailio 1 worker TLSF {g(f'resp_{tr}_kam1tlsf')} (passes {g(f'resp_{tr}_kam1tlsf_passes')}; best achieved {g(f'resp_{tr}_kam1tlsf_best')})",
                              kratio(g(f'resp_{tr}_{kind}'), g(f'resp_{tr}_kam1tlsf')), "higher", ">= 1.0",
                              verdict(kratio(g(f'resp_{tr}_{kind}'), g(f'resp_{tr}_kam1tlsf')), False)))
+def target_verdict(value, limit, lower_better=True, strict=False):
+    """ratio value/limit and meets/misses against an absolute target of issue 3"""
+    try:
+        x, lim = float(value), float(limit)
+    except (TypeError, ValueError):
+        return "n/a", "n/a"
+    ok = (x < lim if strict else x <= lim) if lower_better else x >= lim
+    return f"{x / lim:.2f}", "meets" if ok else "misses"
+if "mon_udp_cpu_pct" in d:
+    n, f = g("mon_udp_n"), g("mon_udp_freq")
+    scale = "" if n == "100000" else f" (at N={n}; the target is for 100k)"
+    what = f"monitor, {n} UDP targets every {f} s, one responder on many 127.x addresses"
+    r, v = target_verdict(d["mon_udp_cpu_pct"], 15)
+    rows.append((f"{what}: CPU, % of one core ({g('mon_udp_duration')}-s quiet window after a period of warm-up)",
+                 f"{g('mon_udp_cpu_pct')} %", "-", f"{r} of target", "lower", "<= 15 %", v + scale))
+    r, v = target_verdict(d.get("mon_udp_rss_mb"), 400)
+    rows.append((f"{what}: RSS, MB (max VmRSS in the window; peak VmHWM)",
+                 f"{g('mon_udp_rss_mb')} (peak {g('mon_udp_hwm_mb')})", "-", f"{r} of target", "lower", "<= 400 MB",
+                 v + scale))
+    r, v = target_verdict(d.get("mon_udp_lag_quiet_ms"), 20)
+    rows.append((f"{what}: scheduler lag p99, ms (quiet loop: sipalive_scheduler_lag_p99_seconds)",
+                 f"{g('mon_udp_lag_quiet_ms')} (read by spaced scrapes: {g('mon_udp_lag_spaced_ms')})", "-",
+                 f"{r} of target", "lower", "<= 20 ms", v + scale))
+    r, v = target_verdict(d.get("mon_udp_metrics_total_ms"), 250, strict=True)
+    rows.append((f"{what}: /metrics, ms (curl time_total, median of spaced scrapes; first byte; max)",
+                 f"{g('mon_udp_metrics_total_ms')} (first byte {g('mon_udp_metrics_first_ms')}; max "
+                 f"{g('mon_udp_metrics_total_max_ms')}; {g('mon_udp_metrics_mb')} MB)", "-", f"{r} of target",
+                 "lower", "< 250 ms", v + scale))
+    r, v = target_verdict(d.get("mon_udp_lag_scraped_ms"), 20)
+    rows.append((f"{what}: scheduler lag p99 under back-to-back scrapes, ms (longest loop stall seen during a "
+                 "spaced scrape / when quiet)",
+                 f"{g('mon_udp_lag_scraped_ms')} (stall {g('mon_udp_stall_scrape_ms')} / {g('mon_udp_stall_quiet_ms')})",
+                 "-", f"{r} of target", "lower", "<= 20 ms (no probe lagging)", v + scale))
+    r, v = target_verdict(d.get("mon_udp_probes_per_s"), d.get("mon_udp_probes_expected"), lower_better=False)
+    ok = v == "meets" or (r != "n/a" and float(r) >= 0.99)
+    rows.append((f"{what}: probes/s achieved vs N/frequency; unsuccessful probes",
+                 f"{g('mon_udp_probes_per_s')} of {g('mon_udp_probes_expected')}; {g('mon_udp_unsuccessful')} unsuccessful",
+                 "-", r, "higher", ">= 0.99, 0 unsuccessful",
+                 "meets" if ok and g("mon_udp_unsuccessful") == "0" else "misses"))
+if "mon_tcp_cpu_pct" in d:
+    rows.append((f"monitor, {g('mon_tcp_n')} TCP targets held open, CRLF keep-alive every {g('mon_tcp_crlf')} s: "
+                 "CPU % of one core, RSS MB",
+                 f"CPU {g('mon_tcp_cpu_pct')} %, RSS {g('mon_tcp_rss_mb')} (peak {g('mon_tcp_hwm_mb')}); "
+                 f"{g('mon_tcp_conns')} connections, {g('mon_tcp_unsuccessful')} unsuccessful, "
+                 f"{g('mon_tcp_transitions')} transitions",
+                 f"responder CPU {g('mon_tcp_resp_cpu_pct')} %", "-", "lower", "-", "-"))
+for mode, what in (("kill", "peer killed (ICMP port unreachable)"), ("stop", "peer silent (SIGSTOP)")):
+    if f"mon_det_{mode}_median" in d:
+        r, v = target_verdict(d.get(f"mon_det_{mode}_max"), d.get("mon_det_bound"))
+        rows.append((f"monitor, detection of a dead UDP peer, {what}: median / max s over "
+                     f"{g(f'mon_det_{mode}_n')} (missed {g(f'mon_det_{mode}_missed')})",
+                     f"{g(f'mon_det_{mode}_median')} / {g(f'mon_det_{mode}_max')}", "-", f"{r} (max/bound)", "lower",
+                     f"<= qualify_frequency + qualify_timeout = {g('mon_det_bound')} s", v))
 print("| benchmark | sipalive | peer | ratio ours/peer | better | target | verdict |")
 print("|---|---|---|---|---|---|---|")
 for r in rows:
