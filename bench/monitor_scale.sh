@@ -61,13 +61,13 @@ MPFX=(); HPFX=()
 read -r -a MPFX <<<"$(pin "$UAC_CPU")"
 read -r -a HPFX <<<"$(pin "$RESP_CPU")"
 # big files go even when kept (OUTDIR/RAW): the databases, the /metrics body, the generated
-# configs; a monitor log or event stream over 1 MB (100k transitions) keeps its first and last
+# configs; a monitor log or event stream over 200 kB (10k+ transitions) keeps its first and last
 # 100 lines
 trim_big() {
   local f n
   rm -f "$W"/*.db "$W"/*.db-wal "$W"/*.db-shm "$W"/metrics.body "$W"/*.toml
   for f in "$W"/monitor-*.log "$W"/monitor-*.out; do
-    [ -f "$f" ] && [ "$(stat -c %s "$f")" -gt 1000000 ] || continue
+    [ -f "$f" ] && [ "$(stat -c %s "$f")" -gt 200000 ] || continue
     n=$(wc -l <"$f")
     { head -100 "$f"; echo "[... $((n - 200)) of $n lines cut by monitor_scale.sh ...]"; tail -100 "$f"; } >"$f.trimmed"
     mv "$f.trimmed" "$f"

@@ -10,7 +10,7 @@
 #                                    the responder too (~35-40 min)
 #   ONLY="check fastfail" bench/run-all.sh        a subset: check fastfail flood responder
 #   ONLY=monitor bench/run-all.sh                 the monitor: 20k UDP targets (quick, ~8 min);
-#                                    PROFILE=long: 100k UDP, 10k TCP (~17 min). MON_N etc. below
+#                                    PROFILE=long: 100k UDP, 10k TCP (~11 min). MON_N etc. below
 #   RAW=1 ...                        also keep each script's raw files (CSV, screens, JSON, logs)
 # Any variable of the individual scripts may be set too (it wins over the profile).
 # Not a test: exits 0 when every script ran (whatever the figures), 2 if one had a setup error.
@@ -190,7 +190,8 @@ for mode, what in (("kill", "peer killed (ICMP port unreachable)"), ("stop", "pe
         rows.append((f"monitor, detection of a dead UDP peer, {what}: median / max s over "
                      f"{g(f'mon_det_{mode}_n')} (missed {g(f'mon_det_{mode}_missed')})",
                      f"{g(f'mon_det_{mode}_median')} / {g(f'mon_det_{mode}_max')}", "-", f"{r} (max/bound)", "lower",
-                     f"<= qualify_frequency + qualify_timeout = {g('mon_det_bound')} s", v))
+                     f"<= qualify_frequency + qualify_timeout = {g('mon_det_bound')} s "
+                     f"(design worst case 1.1 f + t = {g('mon_det_design')} s)", v))
 print("| benchmark | sipalive | peer | ratio ours/peer | better | target | verdict |")
 print("|---|---|---|---|---|---|---|")
 for r in rows:
