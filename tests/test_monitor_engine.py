@@ -91,6 +91,8 @@ async def _scenario(tmp_path: Path) -> None:
                 assert views["silent"].last_status == 408
                 assert views["alive-tcp"].transport == "tcp"
                 assert len(engine.udp) == 1  # one shared socket, however many UDP targets
+                assert engine._refrozen  # every qualified target probed: frozen again for GC
+                assert engine.stats().in_flight <= 4  # probes out, not transactions in Timer K
                 stats = engine.stats()
                 assert stats.targets == 5
                 assert stats.probes_total["success"] >= 2

@@ -203,6 +203,9 @@ class MonitorEngine:
         self.started_at = wall()
         self._closing = False
         self._prune_handle: asyncio.TimerHandle | None = None
+        self._probed: set[str] = set()
+        self._qualified: int | None = None
+        self._refrozen = False
         self.registrar: RegistrarService | None = None  # [registrar]: set by cli/monitor.py
 
     # -- life cycle ------------------------------------------------------------------------
@@ -282,6 +285,7 @@ class MonitorEngine:
             else:
                 self.scheduler.add(name, rt.q.next_interval(), mono)
         self.config = config
+        self._qualified = None
         self._arm()
         log.info("configuration reloaded: %d targets", len(self.runtimes))
 
@@ -582,18 +586,38 @@ class MonitorEngine:
         else:
             self.counts["failure"] += 1
         transition = rt.q.on_probe_result(result, wall)
-        if result.rtt_first is not None and result.retransmits == 0:
-            self.writer.add_rtt_samples([(rt.name, wall, result.rtt_first)])
+        sample = result.rtt_first is not None and result.retransmits == 0
         if transition is not None:
+            if sample:
+                self.writer.add_rtt_samples([(rt.name, wall, result.rtt_first or 0.0)])
             self._emit(rt, transition)
         else:
-            self.writer.upsert_targets([rt.row()])
+            # one queued write per probe: each write costs the writer a Future and a wake-up
+            self.writer.write(
+                targets=(rt.row(),),
+                rtt_samples=((rt.name, wall, result.rtt_first or 0.0),) if sample else (),
+            )
+        if not self._refrozen:
+            self._probed.add(rt.name)
+            if len(self._probed) >= self._qualified_count():
+                # every target now has its flow, template and RTT buffers: move them out of
+                # the collector's reach too (freezing only at start left ~7 objects per
+                # target to full collections, half the CPU at 100k targets)
+                self._refrozen = True
+                self._probed.clear()
+                gc.collect()
+                gc.freeze()
         name = rt.name
         if self.runtimes.get(name) is not rt or name not in self.scheduler:
             pass  # removed or made nonqualified by a reload while this probe was out
         elif self.scheduler.is_in_flight(name):
             self.scheduler.finished(name, clock.monotonic(), frequency=rt.q.next_interval())
         self._arm()
+
+    def _qualified_count(self) -> int:
+        if self._qualified is None:
+            self._qualified = sum(1 for r in self.runtimes.values() if r.q.settings.qualified)
+        return self._qualified
 
     def _emit(self, rt: Runtime, t: Transition) -> None:
         rt.view = None
@@ -822,7 +846,7 @@ class MonitorEngine:
         p99 = lags[min(len(lags) - 1, int(0.99 * len(lags)))] if lags else None
         return EngineStats(
             targets=len(self.runtimes),
-            in_flight=len(self._driver) if self.driver else 0,
+            in_flight=self.scheduler.in_flight_count,  # probes, not transactions in Timer K
             probes_total=dict(self.counts),
             scheduler_lag_p99_s=p99,
             started_at=self.started_at,
