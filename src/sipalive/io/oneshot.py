@@ -67,11 +67,6 @@ def new_ids() -> tuple[str, str, str]:
     return "z9hG4bK" + raw[:16], raw[16:26], raw[26:] + "@sipalive"
 
 
-def _failed(start: float, now: float, status: int, cause: str, error: str) -> TransactionResult:
-    reason = "Request Timeout" if status == 408 else "Service Unavailable"
-    return TransactionResult(status, reason, cause, None, start, now, 0, None, None, None, error)
-
-
 def probe(
     dest: Destination,
     timers: TimerConfig,
@@ -110,14 +105,18 @@ def probe(
                 phases["tls"] = clock.monotonic() - t0
         except TimeoutError:
             now = clock.monotonic()
-            return OneShotResult(dest, _failed(start, now, 408, Cause.TIMEOUT, "connect timeout"))
+            return OneShotResult(
+                dest, TransactionResult.failure(408, Cause.TIMEOUT, start, now, "connect timeout")
+            )
         except OSError as exc:
             now = clock.monotonic()
             error = exc.strerror or str(exc)
             if "certificate" in str(exc).lower() or exc.__class__.__name__.startswith("SSL"):
                 error = f"TLS: {exc}"
             return OneShotResult(
-                dest, _failed(start, now, 503, Cause.TRANSPORT_ERROR, error), phases=phases
+                dest,
+                TransactionResult.failure(503, Cause.TRANSPORT_ERROR, start, now, error),
+                phases=phases,
             )
         local = sock.getsockname()[:2]
         ua = user_agent or "sipalive/0.1"

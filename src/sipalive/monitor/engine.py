@@ -85,14 +85,6 @@ def qualify_settings(s: TargetSettings) -> QualifySettings:
     )
 
 
-def synthetic(status: int, cause: str, started: float, error: str) -> TransactionResult:
-    """A probe that ended before its transaction could start (resolution, connection)."""
-    reason = "Request Timeout" if status == 408 else "Service Unavailable"
-    return TransactionResult(
-        status, reason, cause, None, started, clock.monotonic(), 0, None, None, None, error
-    )
-
-
 class Runtime:
     """One target's live state: its qualify machine, where it resolves, its flow."""
 
@@ -381,10 +373,12 @@ class MonitorEngine:
             await self._prepare(rt, deadline)
         except (ResolveError, TransportError, ParseError, OSError) as exc:
             timed_out = clock.monotonic() >= deadline
-            result = synthetic(
+            # ended before its transaction could start (resolution, connection)
+            result = TransactionResult.failure(
                 408 if timed_out else 503,
                 Cause.TIMEOUT if timed_out else Cause.TRANSPORT_ERROR,
                 started,
+                clock.monotonic(),
                 str(exc),
             )
             self._account(rt, result)

@@ -153,6 +153,26 @@ class TransactionResult(Record):
             provisional_rtt=provisional_rtt, error=error,
         )  # fmt: skip
 
+    @classmethod
+    def failure(
+        cls,
+        status: int,
+        cause: str,
+        started: float,
+        finished: float,
+        error: str | None,
+        *,
+        retransmits: int = 0,
+        provisional_rtt: float | None = None,
+    ) -> TransactionResult:
+        """A synthetic end without a final response: 408 on a timeout, 503 on a transport
+        error (RFC 3261 §8.1.3.1)."""
+        reason = "Request Timeout" if status == 408 else "Service Unavailable"
+        return cls(
+            status, reason, cause, None, started, finished, retransmits, None, None,
+            provisional_rtt, error,
+        )  # fmt: skip
+
     @property
     def duration(self) -> float:
         return self.finished - self.started
@@ -263,12 +283,12 @@ class ClientTransaction:
         events: list[Event] = []
         if self.state in (TransactionState.TRYING, TransactionState.PROCEEDING):
             if now >= self._deadline:
-                return self._fail(now, 408, "Request Timeout", Cause.TIMEOUT, None)
+                return self._fail(now, 408, Cause.TIMEOUT, None)
             if self._timer_e is not None and now >= self._timer_e:
                 cap = self.timers.retransmits
                 if cap is not None and self.retransmits >= cap:
                     # the next transmission would be due now: give up (sipsak -D semantics)
-                    return self._fail(now, 408, "Request Timeout", Cause.TIMEOUT, None)
+                    return self._fail(now, 408, Cause.TIMEOUT, None)
                 self.retransmits += 1
                 self._last_sent = now
                 if self.state == TransactionState.PROCEEDING:
@@ -326,23 +346,17 @@ class ClientTransaction:
         """RFC 3261 §17.1.4 / §8.1.3.1: a transport failure is a 503 at once."""
         if self.state not in (TransactionState.TRYING, TransactionState.PROCEEDING):
             return []
-        return self._fail(now, 503, "Service Unavailable", Cause.TRANSPORT_ERROR, detail)
+        return self._fail(now, 503, Cause.TRANSPORT_ERROR, detail)
 
-    def _fail(
-        self, now: float, status: int, reason: str, cause: str, error: str | None
-    ) -> list[Event]:
-        self.result = TransactionResult(
-            status=status,
-            reason=reason,
-            cause=cause,
-            response=None,
-            started=self._started,
-            finished=now,
+    def _fail(self, now: float, status: int, cause: str, error: str | None) -> list[Event]:
+        self.result = TransactionResult.failure(
+            status,
+            cause,
+            self._started,
+            now,
+            error,
             retransmits=self.retransmits,
-            rtt_first=None,
-            rtt_last=None,
             provisional_rtt=self._provisional_rtt,
-            error=error,
         )
         self.state = TransactionState.TERMINATED
         return [Completed(self.result), Terminated()]
