@@ -11,7 +11,7 @@ from pathlib import Path
 
 from procs import respond
 from realpeers import free_port
-from sipalive.config import parse_config
+from sipalive.config import MonitorConfig, parse_config
 from sipalive.events import EventDispatcher, JsonLineSink
 from sipalive.monitor.engine import MonitorEngine
 from sipalive.store.sqlite import Store, StoreWriter
@@ -47,6 +47,37 @@ qualify_frequency = 0
 """
 
 
+class Monitor:
+    """An engine with its store, writer and dispatcher, wired as `sipalive monitor` does."""
+
+    def __init__(self, cfg: MonitorConfig, db: Path) -> None:
+        self.store_w, self.store = Store(db), Store(db)
+        self.writer = StoreWriter(self.store_w)
+        self.lines = io.StringIO()
+        self.dispatcher = EventDispatcher(self.writer, [], lines=JsonLineSink(self.lines))
+        self.engine = MonitorEngine(
+            cfg, store=self.store, writer=self.writer, dispatcher=self.dispatcher
+        )
+        self._stopped = False
+
+    async def start(self) -> None:
+        await self.dispatcher.start()
+        await self.engine.start()
+
+    async def stop(self) -> None:
+        """Stop probing and commit; the read store stays open for assertions."""
+        if not self._stopped:
+            self._stopped = True
+            await self.engine.close()
+            await self.dispatcher.close()
+            self.writer.close()
+
+    async def close(self) -> None:
+        await self.stop()
+        self.store.close()
+        self.store_w.close()
+
+
 async def _wait(engine: MonitorEngine, want: dict[str, str], timeout: float) -> dict[str, str]:
     deadline = time.monotonic() + timeout
     states: dict[str, str] = {}
@@ -67,13 +98,10 @@ async def _scenario(tmp_path: Path) -> None:
             cfg = parse_config(
                 _config(db, resp.port, silent.getsockname()[1], free_port("both")), "m.toml"
             )
-            store_w, store_r = Store(db), Store(db)
-            writer = StoreWriter(store_w)
-            lines = io.StringIO()
-            dispatcher = EventDispatcher(writer, [], lines=JsonLineSink(lines))
-            engine = MonitorEngine(cfg, store=store_r, writer=writer, dispatcher=dispatcher)
-            await dispatcher.start()
-            await engine.start()
+            mon = Monitor(cfg, db)
+            await mon.start()
+            engine, store_r = mon.engine, mon.store
+            lines = mon.lines
             try:
                 want = {
                     "alive-udp": "reachable",
@@ -104,9 +132,7 @@ async def _scenario(tmp_path: Path) -> None:
         assert states["alive-udp"] == "unreachable"
         assert states["alive-tcp"] == "unreachable"
         assert time.monotonic() - t0 <= 0.4 + 0.3 + 0.5
-        await engine.close()
-        await dispatcher.close()
-        writer.close()
+        await mon.stop()
         history = store_r.history("alive-udp")
         assert [(h.from_state, h.to_state) for h in history][:2] == [
             ("unknown", "reachable"),
@@ -120,8 +146,7 @@ async def _scenario(tmp_path: Path) -> None:
         rows = store_r.load_targets()
         assert rows["alive-udp"].state == "unreachable"
         assert rows["alive-udp"].probes >= 2
-        store_r.close()
-        store_w.close()
+        await mon.close()
     finally:
         silent.close()
 
@@ -167,12 +192,9 @@ qualify_timeout = 1
 """,
         "r.toml",
     )
-    store_w, store_r = Store(db), Store(db)
-    writer = StoreWriter(store_w)
-    dispatcher = EventDispatcher(writer, [], lines=JsonLineSink(io.StringIO()))
-    engine = MonitorEngine(cfg, store=store_r, writer=writer, dispatcher=dispatcher)
-    await dispatcher.start()
-    await engine.start()
+    mon = Monitor(cfg, db)
+    await mon.start()
+    engine = mon.engine
     try:
         assert (await _wait(engine, {"tcp-peer-19": "reachable"}, 35.0))[
             "tcp-peer-19"
@@ -189,13 +211,10 @@ qualify_timeout = 1
         assert view.last_error is not None
         assert view.last_error.startswith("connection failed")
     finally:
-        await engine.close()
-        await dispatcher.close()
-        writer.close()
+        await mon.stop()
         server.close()
         await server.wait_closed()
-        store_r.close()
-        store_w.close()
+        await mon.close()
 
 
 def test_kept_connection_failure_is_unreachable_at_once(tmp_path: Path) -> None:
@@ -231,12 +250,9 @@ uri = "sip:ping@127.0.0.1:{victim.getsockname()[1]}"
 """,
             "s.toml",
         )
-        store_w, store_r = Store(db), Store(db)
-        writer = StoreWriter(store_w)
-        dispatcher = EventDispatcher(writer, [], lines=JsonLineSink(io.StringIO()))
-        engine = MonitorEngine(cfg, store=store_r, writer=writer, dispatcher=dispatcher)
-        await dispatcher.start()
-        await engine.start()
+        mon = Monitor(cfg, db)
+        await mon.start()
+        engine = mon.engine
         try:
             want = {"alive": "reachable", "victim": "unreachable"}
             assert await _wait(engine, want, 5.0) == want
@@ -270,11 +286,8 @@ uri = "sip:ping@127.0.0.1:{victim.getsockname()[1]}"
             assert endpoint.spoofed >= spoofed
             assert endpoint.malformed + endpoint.received >= garbage
         finally:
-            await engine.close()
-            await dispatcher.close()
-            writer.close()
-            store_r.close()
-            store_w.close()
+            await mon.stop()
+            await mon.close()
             victim.close()
             attacker.close()
 
@@ -303,12 +316,9 @@ qualify_frequency = 0
 """,
         "p.toml",
     )
-    store_w, store_r = Store(db), Store(db)
-    writer = StoreWriter(store_w)
-    dispatcher = EventDispatcher(writer, [], lines=JsonLineSink(io.StringIO()))
-    engine = MonitorEngine(cfg, store=store_r, writer=writer, dispatcher=dispatcher)
-    await dispatcher.start()
-    await engine.start()
+    mon = Monitor(cfg, db)
+    await mon.start()
+    store_r = mon.store
     try:
         for _ in range(100):  # bounded: the first prune runs right after start
             if len(store_r.history("x")) == 1:
@@ -318,11 +328,8 @@ qualify_frequency = 0
             ("reachable", "lagged")
         ]
     finally:
-        await engine.close()
-        await dispatcher.close()
-        writer.close()
-        store_r.close()
-        store_w.close()
+        await mon.stop()
+        await mon.close()
 
 
 def test_history_older_than_retention_is_pruned(tmp_path: Path) -> None:
@@ -353,12 +360,9 @@ crlf_pong_timeout = 0.15
 """,
             "w.toml",
         )
-        store_w, store_r = Store(db), Store(db)
-        writer = StoreWriter(store_w)
-        dispatcher = EventDispatcher(writer, [], lines=JsonLineSink(io.StringIO()))
-        engine = MonitorEngine(cfg, store=store_r, writer=writer, dispatcher=dispatcher)
-        await dispatcher.start()
-        await engine.start()
+        mon = Monitor(cfg, db)
+        await mon.start()
+        engine = mon.engine
         try:
             assert (await _wait(engine, {"over-ws": "reachable"}, 5.0))["over-ws"] == "reachable"
             view = engine.target("over-ws")
@@ -369,17 +373,14 @@ crlf_pong_timeout = 0.15
             assert engine.target("over-ws").state == "reachable"  # type: ignore[union-attr]
             assert "stopped:" not in resp.log()
         except BaseException:
-            await engine.close()
+            await mon.stop()
             raise
     try:
         states = await _wait(engine, {"over-ws": "unreachable"}, 3.0)
         assert states["over-ws"] == "unreachable"
     finally:
-        await engine.close()
-        await dispatcher.close()
-        writer.close()
-        store_r.close()
-        store_w.close()
+        await mon.stop()
+        await mon.close()
 
 
 def test_qualify_over_websocket(tmp_path: Path) -> None:
