@@ -1,6 +1,6 @@
 # The two commands of README: `make run` and `make test`. Everything else is a step of those.
 SHELL := /bin/bash
-PY ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+PY ?= $(shell bash scripts/pick-python.sh)
 VENV := .venv
 BIN := $(VENV)/bin
 SRC_DIRS := src tests bench fuzz
@@ -9,6 +9,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 .PHONY: run test venv install peers lint pytest bench clean
 
 $(BIN)/python:
+	@test -n "$(PY)" || { echo "no usable Python >= 3.11 (scripts/pick-python.sh)" >&2; exit 1; }
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip setuptools wheel
 

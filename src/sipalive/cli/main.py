@@ -44,9 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     if module_name is None:
         sys.stderr.write(f"sipalive: unknown command {args[0]!r}\n{USAGE}")
         return 2
-    import importlib
-
-    module = importlib.import_module(module_name)
+    # __import__, not importlib.import_module: importing importlib costs ~0.5 ms of a check.
+    module = __import__(module_name, fromlist=("main",))
     code: int = module.main(args[1:])
     sys.stdout.flush()
     return code
