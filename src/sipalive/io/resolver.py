@@ -52,9 +52,9 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from sipalive import clock
 from sipalive.errors import LocalProtocolError, ResolveError
@@ -442,15 +442,36 @@ def _start(
 # -- dnspython glue, shared by both drivers --------------------------------------------------
 
 
-def _configure(
-    resolver: dns.resolver.Resolver | dns.asyncresolver.Resolver,
-    nameservers: list[tuple[str, int]] | None,
-) -> None:
-    import dns.nameserver
+_AnyResolver = TypeVar("_AnyResolver", "dns.resolver.Resolver", "dns.asyncresolver.Resolver")
 
+
+def _new_resolver(
+    make: Callable[..., _AnyResolver], nameservers: list[tuple[str, int]] | None
+) -> _AnyResolver:
+    """A dnspython resolver (blocking or asyncio) for ``nameservers`` or the system's; no cache."""
+    import dns.nameserver
+    import dns.resolver
+
+    try:
+        resolver = make(configure=nameservers is None)
+    except dns.resolver.NoResolverConfiguration as exc:
+        raise ResolveError(f"no DNS resolver configured: {exc}") from exc
     if nameservers is not None:
         resolver.nameservers = [dns.nameserver.Do53Nameserver(ip, port) for ip, port in nameservers]
     resolver.cache = None
+    return resolver
+
+
+class _Lookups:
+    """What both drivers share: the servers and the one deadline of the whole resolution."""
+
+    def __init__(self, nameservers: list[tuple[str, int]] | None, timeout: float) -> None:
+        self.nameservers = nameservers
+        self.timeout = timeout
+        self.deadline = clock.monotonic() + timeout
+
+    def remaining(self) -> float:
+        return self.deadline - clock.monotonic()
 
 
 def _read(kind: _Kind, answer: dns.resolver.Answer) -> _Answer:
@@ -536,23 +557,14 @@ _ADDRESS_FAMILIES = frozenset({socket.AF_INET, socket.AF_INET6})
 # -- the blocking driver --------------------------------------------------------------------
 
 
-class _SyncLookups:
-    def __init__(self, nameservers: list[tuple[str, int]] | None, timeout: float) -> None:
-        self.nameservers = nameservers
-        self.timeout = timeout
-        self.deadline = clock.monotonic() + timeout
-        self._resolver: dns.resolver.Resolver | None = None
+class _SyncLookups(_Lookups):
+    _resolver: dns.resolver.Resolver | None = None
 
     def resolver(self) -> dns.resolver.Resolver:
         if self._resolver is None:
             import dns.resolver
 
-            try:
-                resolver = dns.resolver.Resolver(configure=self.nameservers is None)
-            except dns.resolver.NoResolverConfiguration as exc:
-                raise ResolveError(f"no DNS resolver configured: {exc}") from exc
-            _configure(resolver, self.nameservers)
-            self._resolver = resolver
+            self._resolver = _new_resolver(dns.resolver.Resolver, self.nameservers)
         return self._resolver
 
     def lookup(self, lookup: _Lookup) -> _Answer:
@@ -562,7 +574,7 @@ class _SyncLookups:
             return _merge_addresses(
                 self.query(lookup.name, "A", "ADDR"), self.query(lookup.name, "AAAA", "ADDR")
             )
-        if clock.monotonic() >= self.deadline:
+        if self.remaining() <= 0:
             return _expired(self.timeout)
         try:
             infos = socket.getaddrinfo(lookup.name, None, type=socket.SOCK_DGRAM)
@@ -571,7 +583,7 @@ class _SyncLookups:
         return _from_getaddrinfo(info for info in infos if info[0] in _ADDRESS_FAMILIES)
 
     def query(self, name: str, rdtype: str, kind: _Kind) -> _Answer:
-        remaining = self.deadline - clock.monotonic()
+        remaining = self.remaining()
         if remaining <= 0:
             return _expired(self.timeout)
         resolver = self.resolver()
@@ -628,24 +640,14 @@ def resolve_sync(
 # -- the asyncio driver ---------------------------------------------------------------------
 
 
-class _AsyncLookups:
-    def __init__(self, nameservers: list[tuple[str, int]] | None, timeout: float) -> None:
-        self.nameservers = nameservers
-        self.timeout = timeout
-        self.deadline = clock.monotonic() + timeout
-        self._resolver: dns.asyncresolver.Resolver | None = None
+class _AsyncLookups(_Lookups):
+    _resolver: dns.asyncresolver.Resolver | None = None
 
     def resolver(self) -> dns.asyncresolver.Resolver:
         if self._resolver is None:
             import dns.asyncresolver
-            import dns.resolver
 
-            try:
-                resolver = dns.asyncresolver.Resolver(configure=self.nameservers is None)
-            except dns.resolver.NoResolverConfiguration as exc:
-                raise ResolveError(f"no DNS resolver configured: {exc}") from exc
-            _configure(resolver, self.nameservers)
-            self._resolver = resolver
+            self._resolver = _new_resolver(dns.asyncresolver.Resolver, self.nameservers)
         return self._resolver
 
     async def lookup(self, lookup: _Lookup) -> _Answer:
@@ -658,7 +660,7 @@ class _AsyncLookups:
                 self.query(lookup.name, "A", "ADDR"), self.query(lookup.name, "AAAA", "ADDR")
             )
             return _merge_addresses(a, aaaa)
-        remaining = self.deadline - clock.monotonic()
+        remaining = self.remaining()
         if remaining <= 0:
             return _expired(self.timeout)
         loop = asyncio.get_running_loop()
@@ -672,7 +674,7 @@ class _AsyncLookups:
         return _from_getaddrinfo(info for info in infos if info[0] in _ADDRESS_FAMILIES)
 
     async def query(self, name: str, rdtype: str, kind: _Kind) -> _Answer:
-        remaining = self.deadline - clock.monotonic()
+        remaining = self.remaining()
         if remaining <= 0:
             return _expired(self.timeout)
         resolver = self.resolver()
