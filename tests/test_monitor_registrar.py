@@ -393,6 +393,17 @@ def test_monitor_registrar_qualifies_and_removes_dead_contacts(tmp_path: Path, u
             aor = rf"sip:{user}@127\.0\.0\.1 contact=<[^>]+>"
             assert re.search(rf"{aor} reachable -> unreachable \({cause}\)", log), log
             assert re.search(rf"registrar: removed {aor} \(unavailable\)", log), log
+        # each contact transition is an event too: a JSON line of type "contact", and in
+        # /api/events under the AOR
+        contact_events = [e for e in mon.events() if e["type"] == "contact"]
+        seen = {(e["target"], e["from"], e["to"], e["cause"]) for e in contact_events}
+        for user, cause in (("alice", "timeout"), ("bob", "flow-failed")):
+            aor = f"sip:{user}@127.0.0.1"
+            assert any(t[0] == aor and t[2] == "reachable" for t in seen), contact_events
+            assert (aor, "reachable", "unreachable", cause) in seen, contact_events
+        assert all(e["uri"].startswith("sip:") for e in contact_events)
+        api = {(e["target"], e["to"]) for e in mon.api("/api/events?limit=1000")}
+        assert ("sip:alice@127.0.0.1", "unreachable") in api
         counts = {
             s[1]["state"]: s[2]
             for s in parse_exposition(mon.metrics())[1]

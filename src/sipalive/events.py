@@ -70,8 +70,11 @@ class Event:
     type: str = "transition"
 
     @classmethod
-    def from_transition(cls, row: TransitionRow, uri: str) -> Event:
-        """A new event (fresh uuid4 id) for one transition of the target at ``uri``."""
+    def from_transition(cls, row: TransitionRow, uri: str, kind: str = "transition") -> Event:
+        """A new event (fresh uuid4 id) for one transition of the target at ``uri``.
+
+        ``kind`` (the event's ``type``) "contact": a contact registered with the monitor's
+        registrar changed state; ``target`` is then its AOR and ``uri`` the contact."""
         return cls(
             uuid.uuid4().hex,
             row.target,
@@ -81,6 +84,7 @@ class Event:
             row.to_state,
             row.cause,
             row.rtt,
+            kind,
         )
 
     def transition(self) -> TransitionRow:

@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,7 +26,8 @@ from sipalive.config import MonitorConfig, RegistrarSection, load_config
 from sipalive.errors import ConfigError, SipaliveError
 
 if TYPE_CHECKING:
-    pass
+    from sipalive.events import EventDispatcher
+    from sipalive.qualify import Transition
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--check-config", action="store_true", help="validate the file and exit")
     return p
+
+
+def _contact_event(dispatcher: EventDispatcher, aor: str, contact: str, t: Transition) -> None:
+    """A registered contact's qualify transition, as an event of type "contact" (AOR, contact)."""
+    from sipalive.events import Event
+    from sipalive.store.sqlite import TransitionRow
+
+    row = TransitionRow(aor, t.at, t.from_state.value, t.to_state.value, t.cause, t.rtt)
+    dispatcher.publish([Event.from_transition(row, contact, kind="contact")])
 
 
 async def _run(config: MonitorConfig, args: argparse.Namespace) -> int:
@@ -72,6 +83,7 @@ async def _run(config: MonitorConfig, args: argparse.Namespace) -> int:
             registrar = RegistrarRole(config.registrar)
             await registrar.start()
             engine.registrar = registrar.service
+            registrar.service.on_transition = partial(_contact_event, dispatcher)
         await dispatcher.start()
         await engine.start()
         token = config.http.token.reveal() if config.http.token else None

@@ -338,11 +338,14 @@ class RegistrarService:
         store: BindingStore | None = None,
         log: Callable[[str], None] = log_line,
         rand: Callable[[], float] = random.random,
+        on_transition: Callable[[str, str, Transition], None] | None = None,
     ) -> None:
         self.registrar = registrar
         self.settings = settings
         self.store = store
         self.log = log
+        # (aor, contact, transition) of every contact qualify transition: the monitor's events
+        self.on_transition = on_transition
         self.scheduler = Scheduler(rand=rand, max_in_flight=settings.max_in_flight)
         self._listener: Listener | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -760,6 +763,8 @@ class RegistrarService:
             f"registrar: {rt.aor} contact=<{contact}> {t.from_state.value} -> "
             f"{t.to_state.value} ({t.cause}{rtt})"
         )
+        if self.on_transition is not None:
+            self.on_transition(rt.aor, contact, t)
         if t.to_state is QualifyState.UNREACHABLE and self.settings.remove_unavailable:
             for event in self.registrar.remove(rt.aor, rt.key, RemoveCause.UNAVAILABLE):
                 self._on_event(event)
