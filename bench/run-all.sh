@@ -2,8 +2,10 @@
 # run-all.sh - runs the four side-by-side benchmarks in sequence and prints a markdown table
 # (date, machine, each figure and ratio) to paste into README; saves the output of every script,
 # the machine-readable figures and the table under bench/results/<date>/ (small text files).
-# A fifth step, `monitor` (monitor_scale.sh: the monitor at scale against issue 3's targets),
-# runs only when ONLY names it.
+# Three more steps run only when ONLY names them: `monitor` (monitor_scale.sh: the monitor at
+# scale against issue 3's targets), `keepalive` (keepalive_bytes.sh: bytes per hour on the wire of
+# each keep-alive mode; root for dumpcap) and `registrar` (registrar_vs_kamailio.sh: REGISTERs
+# with digest auth per second vs Kamailio).
 #
 #   bench/run-all.sh                 quick profile (~9 min on the 2-vCPU dev VM)
 #   PROFILE=long bench/run-all.sh    10-s points, 3 passes, 3 flood repeats, bisect twice, TCP for
@@ -11,6 +13,8 @@
 #   ONLY="check fastfail" bench/run-all.sh        a subset: check fastfail flood responder
 #   ONLY=monitor bench/run-all.sh                 the monitor: 20k UDP targets (quick, ~8 min);
 #                                    PROFILE=long: 100k UDP, 10k TCP (~11 min). MON_N etc. below
+#   ONLY="keepalive registrar" bench/run-all.sh   issue 4: keep-alive bytes/hour on the wire
+#                                    (quick: measured at 5 s for 2 min), registrar knee with auth
 #   RAW=1 ...                        also keep each script's raw files (CSV, screens, JSON, logs)
 # Any variable of the individual scripts may be set too (it wins over the profile).
 # Not a test: exits 0 when every script ran (whatever the figures), 2 if one had a setup error.
@@ -23,11 +27,13 @@ case "$PROFILE" in
   quick)
     : "${ROUNDS:=3}" "${RUNS_CHECK:=30}" "${RUNS_FF:=10}" "${FLOOD_REPEAT:=1}" "${FLOOD_COUNT:=50000}"
     : "${DURATION:=5}" "${REFINE:=1}" "${PASSES:=2}" "${RESP_TRANSPORTS:=udp}" "${FLOOD_TRANSPORTS:=udp tcp}"
-    : "${MON_N:=20000}" "${MON_DURATION:=90}" "${MON_TCP_N:=5000}" "${MON_TCP_DURATION:=60}" "${MON_DETECT_ROUNDS:=2}" ;;
+    : "${MON_N:=20000}" "${MON_DURATION:=90}" "${MON_TCP_N:=5000}" "${MON_TCP_DURATION:=60}" "${MON_DETECT_ROUNDS:=2}"
+    : "${KA_INTERVAL:=5}" "${KA_WINDOW:=120}" "${REG_TRANSPORTS:=udp}" ;;
   long)
     : "${ROUNDS:=3}" "${RUNS_CHECK:=30}" "${RUNS_FF:=20}" "${FLOOD_REPEAT:=3}" "${FLOOD_COUNT:=100000}"
     : "${DURATION:=10}" "${REFINE:=2}" "${PASSES:=3}" "${RESP_TRANSPORTS:=udp tcp}" "${FLOOD_TRANSPORTS:=udp tcp}"
-    : "${MON_N:=100000}" "${MON_DURATION:=240}" "${MON_TCP_N:=10000}" "${MON_TCP_DURATION:=120}" "${MON_DETECT_ROUNDS:=5}" ;;
+    : "${MON_N:=100000}" "${MON_DURATION:=240}" "${MON_TCP_N:=10000}" "${MON_TCP_DURATION:=120}" "${MON_DETECT_ROUNDS:=5}"
+    : "${KA_INTERVAL:=25}" "${KA_WINDOW:=600}" "${REG_TRANSPORTS:=udp tcp}" ;;
   *) echo "PROFILE must be quick or long" >&2; exit 2 ;;
 esac
 STAMP="$(date +%Y-%m-%d_%H%M%S)"
@@ -58,7 +64,10 @@ for what in $ONLY; do
                  REFINE="$REFINE" PASSES="$PASSES" ;;
     monitor)   run_one monitor monitor_scale.sh N="$MON_N" DURATION="$MON_DURATION" TCP_N="$MON_TCP_N" \
                  TCP_DURATION="$MON_TCP_DURATION" DETECT_ROUNDS="$MON_DETECT_ROUNDS" ;;
-    *) echo "unknown benchmark '$what' in ONLY (check fastfail flood responder monitor)" >&2; exit 2 ;;
+    keepalive) run_one keepalive keepalive_bytes.sh INTERVAL="$KA_INTERVAL" WINDOW="$KA_WINDOW" ;;
+    registrar) run_one registrar registrar_vs_kamailio.sh TRANSPORTS="$REG_TRANSPORTS" DURATION="$DURATION" \
+                 REFINE="$REFINE" PASSES="$PASSES" ;;
+    *) echo "unknown benchmark '$what' in ONLY (check fastfail flood responder monitor keepalive registrar)" >&2; exit 2 ;;
   esac
 done
 
@@ -192,6 +201,10 @@ for mode, what in (("kill", "peer killed (ICMP port unreachable)"), ("stop", "pe
                      f"{g(f'mon_det_{mode}_median')} / {g(f'mon_det_{mode}_max')}", "-", f"{r} (max/bound)", "lower",
                      f"<= qualify_frequency + qualify_timeout = {g('mon_det_bound')} s "
                      f"(design worst case 1.1 f + t = {g('mon_det_design')} s)", v))
+# rows the scripts wrote whole (keepalive_bytes.sh, registrar_vs_kamailio.sh): "| a | b | ... |"
+for k, v in d.items():
+    if k.startswith("mdrow_"):
+        rows.append(tuple(c.strip() for c in v.strip().strip("|").split("|")))
 print("| benchmark | sipalive | peer | ratio ours/peer | better | target | verdict |")
 print("|---|---|---|---|---|---|---|")
 for r in rows:
