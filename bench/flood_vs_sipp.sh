@@ -99,7 +99,7 @@ sipalive_part() {  # TR
 sipp_part() {  # TR
   local tr=$1
   echo "== $tr pass $pass (b) SIPp UAC -r RATE -l ${LIMIT:-1000} -buff_size 1048576, ${DURATION} s per point, rates: $RATES (refine $REFINE)"
-  echo "$UAC_HDR"
+  uac_header; echo
   knee_search "$KAM_PORT" "$tr" "$KAM_PIDS" "sipp-uac->kam2tlsf"
   PASS_SIPP+="$(knee_text "$KNEE" "$FIRST_FAIL") "
   [ "$MAXACH" -gt "$S_MAXACH" ] && S_MAXACH=$MAXACH

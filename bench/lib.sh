@@ -274,28 +274,33 @@ sipalive_rev() {  # read-only: HEAD of the repo (+dirty) and when the venv copy 
 }
 
 # ------------------------------------------------------------------ SIPp UAC (the instrument)
-# sipp_uac_point PORT TR RATE COUNT "RESP_PIDS" TAG -> R_ACH R_OK R_FAIL R_RETR R_DROP R_PEAK R_UAC R_RESP R_PASS
-# One SIPp UAC process (cpu UAC_CPU when pinned), our tests/data scenario, -buff_size 1 MiB,
-# -l LIMIT, -recv_timeout 5000. PASS = rc 0, 0 failed, 0 retransmissions, all COUNT answered,
+# sipp_uac_point PORT TR RATE COUNT "RESP_PIDS" TAG [SIPP ARGS...]
+#   -> R_ACH R_OK R_FAIL R_RETR R_DROP R_PEAK R_UAC R_RESP R_UACUS R_PASS R_UNEXP
+# One SIPp UAC process (cpu UAC_CPU when pinned), -buff_size 1 MiB, -l LIMIT, -recv_timeout 5000,
+# the scenario arguments UAC_SCENARIO (an array; default: tests/data's OPTIONS scenario) and any
+# extra SIPp arguments. PASS = rc 0, 0 failed, 0 retransmissions, all COUNT answered,
 # achieved >= 95 % of RATE, achieved = Successful / (Outgoing / CallRate) from the last CSV row.
+# ROLE names the peer under test in the printed line ("responder", "registrar").
 UAC_PORT_DEFAULT=""
 sipp_uac_point() {
-  local port=$1 tr=$2 rate=$3 count=$4 rpids=$5 tag=$6 t=u1 pfx=() rc=0 r0 r1 d0 d1 w0 w1 csv
+  local port=$1 tr=$2 rate=$3 count=$4 rpids=$5 tag=$6 t=u1 pfx=() rc=0 r0 r1 d0 d1 w0 w1 csv scr scen=()
+  shift 6
   [ "$tr" = tcp ] && t=t1
+  if [ -n "${UAC_SCENARIO+set}" ]; then scen=("${UAC_SCENARIO[@]}"); else scen=(-sf "$SCEN/uac-options.xml" -s ping); fi
   read -r -a pfx <<<"$(pin "$UAC_CPU")"
-  csv="$W/uac-$tag-$tr-$rate.csv"; rm -f "$csv" "$W/uac.time"
+  csv="$W/uac-$tag-$tr-$rate.csv"; scr="$W/uac-$tag-$tr-$rate.screen"; rm -f "$csv" "$W/uac.time"
   r0=$(ticks $rpids); d0=$(udpdrops); w0=$EPOCHREALTIME
   /usr/bin/time -o "$W/uac.time" -f '%U %S %e' "${pfx[@]}" sipp "127.0.0.1:$port" \
-    -sf "$SCEN/uac-options.xml" -i 127.0.0.1 -p "$UAC_PORT" -t "$t" -s ping \
+    "${scen[@]}" -i 127.0.0.1 -p "$UAC_PORT" -t "$t" \
     -r "$rate" -m "$count" -l "${LIMIT:-1000}" -recv_timeout 5000 -nostdin \
     -timeout "$(( count / rate * 3 + 20 ))s" -buff_size 1048576 \
-    -trace_stat -stf "$csv" -fd 1 >"$W/uac-$tag-$tr-$rate.screen" 2>&1 &
+    -trace_stat -stf "$csv" -fd 1 "$@" >"$scr" 2>&1 &
   local upid=$!; STARTED+=("$upid")
   wait "$upid" || rc=$?
   forget_pid "$upid"
   w1=$EPOCHREALTIME; r1=$(ticks $rpids); d1=$(udpdrops)
-  R_PEAK=$(grep -o "Peak was [0-9]* calls" "$W/uac-$tag-$tr-$rate.screen" 2>/dev/null | tail -1 | grep -o "[0-9]*" || echo 0)
-  read -r R_ACH R_OK R_FAIL R_RETR R_DROP R_UAC R_RESP R_UACUS R_PASS <<<"$(
+  R_PEAK=$(grep -o "Peak was [0-9]* calls" "$scr" 2>/dev/null | tail -1 | grep -o "[0-9]*" || echo 0)
+  read -r R_ACH R_OK R_FAIL R_RETR R_DROP R_UAC R_RESP R_UACUS R_PASS R_UNEXP <<<"$(
     awk -F';' -v rate="$rate" -v count="$count" -v hz="$HZ" -v rc="$rc" -v w0="$w0" -v w1="$w1" \
       -v r0="$r0" -v r1="$r1" -v d0="$d0" -v d1="$d1" -v tf="$W/uac.time" '
       NR==1 { for (i=1;i<=NF;i++) col[$i]=i; next }
@@ -304,29 +309,33 @@ sipp_uac_point() {
         split(last, f, ";")
         cr=f[col["CallRate(C)"]]+0; out=f[col["OutgoingCall(C)"]]+0; ok=f[col["SuccessfulCall(C)"]]+0
         fail=f[col["FailedCall(C)"]]+0; retr=f[col["Retransmissions(C)"]]+0
+        unexp=f[col["FailedUnexpectedMessage(C)"]]+0
         el=(cr>0)?out/cr:0; ach=(el>0)?ok/el:0
         while ((getline l < tf) > 0) tl=l
         split(tl, tt, " "); ucpu=tt[1]+tt[2]; wall=w1-w0
         pass=(rc==0 && fail==0 && retr==0 && ok==count && ach>=0.95*rate)?"PASS":"FAIL"
-        printf "%.0f %d %d %d %d %.0f %.0f %.1f %s\n", ach, ok, fail, retr, d1-d0,
-          ucpu/wall*100, (r1-r0)/hz/wall*100, (ok>0)?ucpu/ok*1e6:0, pass
-      }' "$csv" 2>/dev/null || echo "0 0 0 0 0 0 0 0 FAIL")"
-  local p gone=""
+        printf "%.0f %d %d %d %d %.0f %.0f %.1f %s %d\n", ach, ok, fail, retr, d1-d0,
+          ucpu/wall*100, (r1-r0)/hz/wall*100, (ok>0)?ucpu/ok*1e6:0, pass, unexp
+      }' "$csv" 2>/dev/null || echo "0 0 0 0 0 0 0 0 FAIL 0")"
+  local p gone="" role=${ROLE:-responder}
   for p in $rpids; do kill -0 "$p" 2>/dev/null || gone+=" $p"; done
-  printf '  %-22s %-3s %7d %8d %7d %5d %5d %6d %5d %5d %6s %6s  %s%s\n' "$tag" "$tr" "$rate" "$R_ACH" "$R_OK" \
+  printf '  %-22s %-3s %7d %8d %7d %5d %5d %6d %5d %5d %6s %6s  %s%s%s\n' "$tag" "$tr" "$rate" "$R_ACH" "$R_OK" \
     "$R_FAIL" "$R_RETR" "$R_DROP" "${R_PEAK:-0}" "$R_UAC" "$R_RESP" "$R_UACUS" "$R_PASS" \
-    "$([ -z "$gone" ] || echo "  RESPONDER PROCESS(ES) GONE:$gone")"
-  [ -z "$gone" ] || die "the responder died during the measurement ($tag, pids$gone)"
+    "$([ "${R_UNEXP:-0}" = 0 ] || echo "  ($R_UNEXP unexpected answers)")" \
+    "$([ -z "$gone" ] || echo "  ${role^^} PROCESS(ES) GONE:$gone")"
+  [ -z "$gone" ] || die "the $role died during the measurement ($tag, pids$gone)"
   sleep 1
 }
-UAC_HDR=$(printf '  %-22s %-3s %7s %8s %7s %5s %5s %6s %5s %5s %6s %6s  %s' \
-  responder tr target achieved ok fail retr drops peak uac% resp% uac-us verdict)
+uac_header() {  # the column line above sipp_uac_point's lines
+  printf '  %-22s %-3s %7s %8s %7s %5s %5s %6s %5s %5s %6s %6s  %s' \
+    "${ROLE:-responder}" tr target achieved ok fail retr drops peak uac% "$([ "${ROLE:-responder}" = responder ] && echo resp% || echo reg%)" uac-us verdict
+}
 
 # knee_search PORT TR "RESP_PIDS" TAG -> KNEE (highest PASS, 0 = none), FIRST_FAIL (0 = none),
 # MAXACH (best achieved in any run). RATES are stepped in order; stop at the first failure,
-# then bisect REFINE times (rounded to 1000/s), as peer-baselines.sh capacity does.
+# then bisect REFINE times (rounded to ROUND/s, default 1000), as peer-baselines.sh capacity does.
 knee_search() {
-  local port=$1 tr=$2 rpids=$3 tag=$4 rate lo hi mid i dur=${DURATION:-5}
+  local port=$1 tr=$2 rpids=$3 tag=$4 rate lo hi mid i dur=${DURATION:-5} round=${ROUND:-1000}
   KNEE=0; FIRST_FAIL=0; MAXACH=0
   for rate in ${RATES:-5000 10000 20000 40000}; do
     sipp_uac_point "$port" "$tr" "$rate" $(( rate * dur )) "$rpids" "$tag"
@@ -336,7 +345,7 @@ knee_search() {
   if [ "$FIRST_FAIL" -gt 0 ]; then
     lo=$KNEE; hi=$FIRST_FAIL
     for i in $(seq "${REFINE:-1}"); do
-      mid=$(( (lo + hi) / 2000 * 1000 ))
+      mid=$(( (lo + hi) / (2 * round) * round ))
       { [ "$mid" -le "$lo" ] || [ "$mid" -ge "$hi" ]; } && break
       sipp_uac_point "$port" "$tr" "$mid" $(( mid * dur )) "$rpids" "$tag"
       [ "$R_ACH" -gt "$MAXACH" ] && MAXACH=$R_ACH

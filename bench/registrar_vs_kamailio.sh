@@ -111,76 +111,10 @@ start_registrar() {
   probe_ok "$port" || die "sipalive registrar on $port does not answer sipsak"
 }
 
-# sipp_uac_point, as lib.sh's (same outputs R_*, same PASS rule, same printed line) but with the
-# REGISTER scenario and the users file: lib.sh's knee_search is not used (it rounds its
-# bisection to 1000/s; reg_knee_search below rounds to ROUND/s).
-sipp_reg_point() {  # PORT TR RATE COUNT "PIDS" TAG [SIPP ARGS...]
-  local port=$1 tr=$2 rate=$3 count=$4 rpids=$5 tag=$6 t=u1 pfx=() rc=0 r0 r1 d0 d1 w0 w1 csv scr
-  shift 6
-  [ "$tr" = tcp ] && t=t1
-  read -r -a pfx <<<"$(pin "$UAC_CPU")"
-  csv="$W/uac-$tag-$tr-$rate.csv"; scr="$W/uac-$tag-$tr-$rate.screen"; rm -f "$csv" "$W/uac.time"
-  r0=$(ticks $rpids); d0=$(udpdrops); w0=$EPOCHREALTIME
-  /usr/bin/time -o "$W/uac.time" -f '%U %S %e' "${pfx[@]}" sipp "127.0.0.1:$port" \
-    -sf "$UAC_SF" -inf "$SIPP_USERS" -i 127.0.0.1 -p "$UAC_PORT" -t "$t" \
-    -r "$rate" -m "$count" -l "${LIMIT:-1000}" -recv_timeout 5000 -nostdin \
-    -timeout "$(( count / rate * 3 + 20 ))s" -buff_size 1048576 \
-    -trace_stat -stf "$csv" -fd 1 "$@" >"$scr" 2>&1 &
-  local upid=$!; STARTED+=("$upid")
-  wait "$upid" || rc=$?
-  forget_pid "$upid"
-  w1=$EPOCHREALTIME; r1=$(ticks $rpids); d1=$(udpdrops)
-  R_PEAK=$(grep -o "Peak was [0-9]* calls" "$scr" 2>/dev/null | tail -1 | grep -o "[0-9]*" || echo 0)
-  read -r R_ACH R_OK R_FAIL R_RETR R_DROP R_UAC R_RESP R_UACUS R_PASS R_UNEXP <<<"$(
-    awk -F';' -v rate="$rate" -v count="$count" -v hz="$HZ" -v rc="$rc" -v w0="$w0" -v w1="$w1" \
-      -v r0="$r0" -v r1="$r1" -v d0="$d0" -v d1="$d1" -v tf="$W/uac.time" '
-      NR==1 { for (i=1;i<=NF;i++) col[$i]=i; next }
-      { last=$0 }
-      END {
-        split(last, f, ";")
-        cr=f[col["CallRate(C)"]]+0; out=f[col["OutgoingCall(C)"]]+0; ok=f[col["SuccessfulCall(C)"]]+0
-        fail=f[col["FailedCall(C)"]]+0; retr=f[col["Retransmissions(C)"]]+0
-        unexp=f[col["FailedUnexpectedMessage(C)"]]+0
-        el=(cr>0)?out/cr:0; ach=(el>0)?ok/el:0
-        while ((getline l < tf) > 0) tl=l
-        split(tl, tt, " "); ucpu=tt[1]+tt[2]; wall=w1-w0
-        pass=(rc==0 && fail==0 && retr==0 && ok==count && ach>=0.95*rate)?"PASS":"FAIL"
-        printf "%.0f %d %d %d %d %.0f %.0f %.1f %s %d\n", ach, ok, fail, retr, d1-d0,
-          ucpu/wall*100, (r1-r0)/hz/wall*100, (ok>0)?ucpu/ok*1e6:0, pass, unexp
-      }' "$csv" 2>/dev/null || echo "0 0 0 0 0 0 0 0 FAIL 0")"
-  local p gone=""
-  for p in $rpids; do kill -0 "$p" 2>/dev/null || gone+=" $p"; done
-  printf '  %-22s %-3s %7d %8d %7d %5d %5d %6d %5d %5d %6s %6s  %s%s%s\n' "$tag" "$tr" "$rate" "$R_ACH" "$R_OK" \
-    "$R_FAIL" "$R_RETR" "$R_DROP" "${R_PEAK:-0}" "$R_UAC" "$R_RESP" "$R_UACUS" "$R_PASS" \
-    "$([ "${R_UNEXP:-0}" = 0 ] || echo "  ($R_UNEXP unexpected answers)")" \
-    "$([ -z "$gone" ] || echo "  REGISTRAR PROCESS(ES) GONE:$gone")"
-  [ -z "$gone" ] || die "the registrar died during the measurement ($tag, pids$gone)"
-  sleep 1
-}
-REG_HDR=$(printf '  %-22s %-3s %7s %8s %7s %5s %5s %6s %5s %5s %6s %6s  %s' \
-  registrar tr target achieved ok fail retr drops peak uac% reg% uac-us verdict)
-
-# reg_knee_search PORT TR "PIDS" TAG -> KNEE FIRST_FAIL MAXACH (as lib.sh's knee_search)
-reg_knee_search() {
-  local port=$1 tr=$2 rpids=$3 tag=$4 rate lo hi mid i
-  KNEE=0; FIRST_FAIL=0; MAXACH=0
-  for rate in $RATES; do
-    sipp_reg_point "$port" "$tr" "$rate" $(( rate * DURATION )) "$rpids" "$tag"
-    [ "$R_ACH" -gt "$MAXACH" ] && MAXACH=$R_ACH
-    if [ "$R_PASS" = PASS ]; then KNEE=$rate; else FIRST_FAIL=$rate; break; fi
-  done
-  if [ "$FIRST_FAIL" -gt 0 ]; then
-    lo=$KNEE; hi=$FIRST_FAIL
-    for i in $(seq "$REFINE"); do
-      mid=$(( (lo + hi) / (2 * ROUND) * ROUND ))
-      { [ "$mid" -le "$lo" ] || [ "$mid" -ge "$hi" ]; } && break
-      sipp_reg_point "$port" "$tr" "$mid" $(( mid * DURATION )) "$rpids" "$tag"
-      [ "$R_ACH" -gt "$MAXACH" ] && MAXACH=$R_ACH
-      if [ "$R_PASS" = PASS ]; then lo=$mid; else hi=$mid; fi
-    done
-    KNEE=$lo; FIRST_FAIL=$hi
-  fi
-}
+# lib.sh's sipp_uac_point and knee_search with the REGISTER scenario and the users file,
+# bisecting to ROUND/s
+UAC_SCENARIO=(-sf "$UAC_SF" -inf "$SIPP_USERS")
+ROLE=registrar
 
 start_kind() {  # KIND -> RPIDS (CPU accounting), RSTOP, RDESC, RLOG
   case "$1" in
@@ -202,16 +136,16 @@ for tr in $TRANSPORTS; do
     [ $((pass % 2)) = 0 ] && order=$(echo "$RESPONDERS" | tr ' ' '\n' | tac | tr '\n' ' ')
     noise_report "registrar_${tr}_pass$pass"
     echo "== $tr pass $pass/$PASSES (order: $order): one SIPp UAC, REGISTER+401+REGISTER+200, ${DURATION} s per point, rates: $RATES (refine $REFINE, to $ROUND/s)"
-    echo "$REG_HDR"
+    uac_header; echo
     for kind in $order; do
       start_kind "$kind"
       echo "  # $kind: $RDESC"
       # smoke: a registrar that refuses the credentials is a setup error, not a slow registrar
       msg="$W/uac-$kind-smoke-$tr.msg"; rm -f "$msg"
-      sipp_reg_point "$RESP_PORT" "$tr" 20 "$SMOKE" "$RPIDS" "$kind-smoke" -trace_msg -message_file "$msg"
+      sipp_uac_point "$RESP_PORT" "$tr" 20 "$SMOKE" "$RPIDS" "$kind-smoke" -trace_msg -message_file "$msg"
       [ "$R_OK" = "$SMOKE" ] || die "$kind: only $R_OK of $SMOKE registrations completed at 20/s (auth set-up?): $(grep -m3 -iE -A3 'unexpected|aborting' "$W/uac-$kind-smoke-$tr-20.screen" "$msg" | head -c 800)"
       echo "  # $kind challenge: $(grep -m1 -i '^WWW-Authenticate:' "$msg" | sed -E 's/nonce="[^"]*"/nonce="..."/' | tr -d '\r')"
-      reg_knee_search "$RESP_PORT" "$tr" "$RPIDS" "$kind"
+      knee_search "$RESP_PORT" "$tr" "$RPIDS" "$kind"
       KNEES[$kind-$tr-$pass]=$KNEE; FIRSTS[$kind-$tr-$pass]=$FIRST_FAIL; BESTS[$kind-$tr-$pass]=$MAXACH
       stop_pids "$RSTOP"
       case "$kind" in

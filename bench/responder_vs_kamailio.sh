@@ -69,7 +69,7 @@ for tr in $TRANSPORTS; do
     [ $((pass % 2)) = 0 ] && order=$(echo "$RESPONDERS" | tr ' ' '\n' | tac | tr '\n' ' ')
     noise_report "responder_${tr}_pass$pass"
     echo "== $tr pass $pass/$PASSES (order: $order): one SIPp UAC, ${DURATION} s per point, rates: $RATES (refine $REFINE)"
-    echo "$UAC_HDR"
+    uac_header; echo
     for kind in $order; do
       start_kind "$kind"
       echo "  # $kind: $RDESC"
