@@ -91,7 +91,7 @@ def test_driver_loop_with_scheduler_in_virtual_time() -> None:
     """How io/ drives it: one timer, next_due, results, finished with the next interval."""
     s = QualifySettings(qualify_frequency=30, unreachable_frequency=5)
     targets = {n: QualifyTarget(n, s) for n in ("a", "b", "c")}
-    sched = Scheduler(rand=lambda: 0.5, max_in_flight=2)
+    sched = Scheduler(rand=lambda: 1.0, max_in_flight=2)
     for name in targets:
         sched.add(name, s.qualify_frequency, 0.0)
     dead = {"b"}
