@@ -13,6 +13,7 @@ from procs import respond
 from realpeers import free_port
 from sipalive.config import MonitorConfig, parse_config
 from sipalive.events import EventDispatcher, JsonLineSink
+from sipalive.http.view import TargetSample
 from sipalive.monitor.engine import MonitorEngine
 from sipalive.store.sqlite import Store, StoreWriter
 
@@ -113,6 +114,11 @@ async def _scenario(tmp_path: Path) -> None:
                 states = await _wait(engine, want, 5.0)
                 assert states == want
                 views = {t.name: t for t in engine.targets()}
+                # the lean rows /metrics reads say what the full views say (no await between)
+                full = [TargetSample.of(t) for t in engine.targets()]
+                assert list(engine.samples()) == full
+                assert engine.samples()[1:3] == full[1:3]
+                assert engine.samples()[-1] == full[-1]
                 assert views["alive-udp"].rtt_s is not None
                 assert 0 < views["alive-udp"].rtt_s < 0.1
                 assert views["closed"].last_error == "ICMP port unreachable"

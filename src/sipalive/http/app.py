@@ -74,6 +74,7 @@ from sipalive.http.view import (
     ContactView,
     MonitorView,
     RttMinuteView,
+    TargetSample,
     TargetView,
     TransitionView,
     contacts_of,
@@ -362,7 +363,7 @@ async def stream(
     return response
 
 
-async def count_states(targets: Sequence[TargetView]) -> dict[str, int]:
+async def count_states(targets: Sequence[TargetSample]) -> dict[str, int]:
     counts = dict.fromkeys(STATES, 0)
     async for chunk in chunks(targets):
         for t in chunk:
@@ -526,7 +527,7 @@ async def api_events(request: web.Request) -> web.Response:
 
 async def api_summary(request: web.Request) -> web.Response:
     view = request.app[VIEW]
-    counts = await count_states(view.targets())
+    counts = await count_states(view.samples())
     stats = view.stats()
     return json_response(
         SummaryJSON(

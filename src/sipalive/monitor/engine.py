@@ -23,7 +23,7 @@ import random
 import socket
 import ssl
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar, overload
 
 from sipalive import clock
 from sipalive.config import MonitorConfig, Target, TargetSettings
@@ -34,6 +34,7 @@ from sipalive.http.view import (
     EngineStats,
     ProbeReport,
     RttMinuteView,
+    TargetSample,
     TargetView,
     TransitionView,
 )
@@ -70,6 +71,7 @@ log = logging.getLogger("sipalive.monitor")
 
 KeptFlow = StreamFlow | WsFlow  # a connection kept per target (TCP, TLS, WebSocket)
 RESOLVE_TTL = 300.0  # seconds a resolution is reused (the resolver does not report DNS TTLs)
+R = TypeVar("R")
 PRUNE_PERIOD = 3600.0  # how often history older than [storage] retention_days is deleted
 TICK = 0.005
 """The probe timer fires on multiples of 5 ms: at 100k targets every 60 s a due time falls
@@ -110,7 +112,6 @@ class Runtime:
         "target",
         "template",
         "udp_ka",
-        "view",
     )
 
     def __init__(self, target: Target, q: QualifyTarget) -> None:
@@ -130,7 +131,6 @@ class Runtime:
         self.stun_ka: stun_ka.StunKeepalive | None = None
         self.mapped: tuple[str, int] | None = None
         self.probing = False
-        self.view: TargetView | None = None  # cached until the next result or change
 
     @property
     def name(self) -> str:
@@ -141,21 +141,41 @@ class Runtime:
         return self.target.settings
 
     def row(self) -> TargetRow:
-        c = self.q.peer.counters
+        peer = self.q.peer
+        probes, successes, failures, timeouts, transport_errors, rejected = peer.totals()
         return TargetRow(
-            name=self.name,
-            uri=self.target.uri,
-            state=self.q.state.value,
-            since=self.q.peer.since,
-            last_rtt=self.q.rtt.last,
-            probes=c.probes,
-            successes=c.successes,
-            failures=c.failures,
-            consecutive=max(c.consecutive_successes, c.consecutive_failures),
-            timeouts=c.timeouts,
-            transport_errors=c.transport_errors,
-            rejected=c.rejected,
-        )
+            self.target.name, self.target.uri, peer.state.value, peer.since, self.q.rtt.last,
+            probes, successes, failures, peer.streak(), timeouts, transport_errors, rejected,
+        )  # fmt: skip
+
+
+class Rows(Sequence[R]):
+    """Every target's view (or sample), each built when it is read, never kept.
+
+    ``/metrics``, ``/api/summary`` and the page read the targets in slices and yield to the
+    loop between them: building the views of 100k targets in one go (RTT percentiles
+    included) held the loop for 1-2 s, while a slice of 1000 takes a few milliseconds. Not
+    keeping them keeps RSS flat: a view with its recent RTTs is ~1 kB, 100 MB at 100k."""
+
+    __slots__ = ("_build", "_runtimes")
+
+    def __init__(self, runtimes: list[Runtime], build: Callable[[Runtime], R]) -> None:
+        self._runtimes = runtimes
+        self._build = build
+
+    def __len__(self) -> int:
+        return len(self._runtimes)
+
+    @overload
+    def __getitem__(self, index: int) -> R: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[R]: ...
+
+    def __getitem__(self, index: int | slice) -> R | list[R]:
+        if isinstance(index, slice):
+            return list(map(self._build, self._runtimes[index]))
+        return self._build(self._runtimes[index])
 
 
 class MonitorEngine:
@@ -268,7 +288,6 @@ class MonitorEngine:
                 # request template: rebuild both at the next probe
                 self._drop_flow(rt)
             rt.target = target
-            rt.view = None
             transition = rt.q.update_settings(qualify_settings(target.settings), now)
             if transition is not None:
                 self._emit(rt, transition)
@@ -577,7 +596,6 @@ class MonitorEngine:
     def _account(self, rt: Runtime, result: TransactionResult) -> None:
         wall = self._wall()
         rt.probing = False
-        rt.view = None
         rt.last_status = result.status
         rt.last_error = result.error
         rt.last_probe_at = wall
@@ -621,7 +639,6 @@ class MonitorEngine:
         return self._qualified
 
     def _emit(self, rt: Runtime, t: Transition) -> None:
-        rt.view = None
         row = TransitionRow(rt.name, t.at, t.from_state.value, t.to_state.value, t.cause, t.rtt)
         self.dispatcher.publish([Event.from_transition(row, rt.target.uri)])
         self.writer.upsert_targets([rt.row()])
@@ -751,7 +768,6 @@ class MonitorEngine:
         self._stop_keepalives(rt)
         rt.flow = None
         rt.template = None
-        rt.view = None
         if exc is not None and not self._closing:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             log.info("%s: connection failed (%s)", rt.name, reason)
@@ -762,7 +778,6 @@ class MonitorEngine:
         """A keep-alive or the kept connection says the path is dead: Unreachable at once,
         and the next probe (which re-opens the flow) comes at ``unreachable_frequency``
         rather than at the old deadline, up to ``qualify_frequency`` away."""
-        rt.view = None
         transition = rt.q.on_flow_failed(self._wall(), cause)
         if transition is not None:
             self._emit(rt, transition)
@@ -788,15 +803,14 @@ class MonitorEngine:
     # -- MonitorView ----------------------------------------------------------------------
 
     def targets(self) -> Sequence[TargetView]:
-        return [rt.view or self._view(rt) for rt in self.runtimes.values()]
+        return Rows(list(self.runtimes.values()), self._make_view)
+
+    def samples(self) -> Sequence[TargetSample]:
+        return Rows(list(self.runtimes.values()), _sample)
 
     def target(self, name: str) -> TargetView | None:
         rt = self.runtimes.get(name)
-        return None if rt is None else (rt.view or self._view(rt))
-
-    def _view(self, rt: Runtime) -> TargetView:
-        rt.view = self._make_view(rt)
-        return rt.view
+        return None if rt is None else self._make_view(rt)
 
     def _make_view(self, rt: Runtime) -> TargetView:
         snap = rt.q.rtt.snapshot()
@@ -950,6 +964,16 @@ def _supported(transport: str | None) -> tuple[str, ...]:
     if transport in ("ws", "wss"):
         return _MODULES
     return ("udp", "tcp", "tls")
+
+
+def _sample(rt: Runtime) -> TargetSample:
+    q = rt.q
+    rtt = q.rtt
+    _, successes, failures, timeouts, transport_errors, _ = q.peer.totals()
+    return TargetSample(
+        rt.target.name, q.peer.state.value, rtt.last, rtt.srtt,
+        successes, failures, timeouts, transport_errors,
+    )  # fmt: skip
 
 
 def _transition_view(r: TransitionRow) -> TransitionView:
