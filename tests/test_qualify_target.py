@@ -111,3 +111,18 @@ def test_driver_loop_with_scheduler_in_virtual_time() -> None:
     assert len(gaps_b) > 10
     assert gaps_b == pytest.approx([8.0] * len(gaps_b))  # 3 s timeout + 5 s re-probe
     assert sum(1 for _, n in probes if n == "a") == 4
+
+
+def test_without_history_the_same_transitions_and_rtt() -> None:
+    """The monitor's targets keep no history in memory (its store does): the same results
+    make the same transitions, counters and RTT figures either way."""
+    s = QualifySettings(fail_threshold=2, lagged_rtt=0.5)
+    kept, lean = QualifyTarget("a", s), QualifyTarget("a", s, keep_history=False)
+    assert lean.history is None and lean.minutes is None
+    results = [ok(0.1), lost(), lost(), ok(0.7, retransmits=1), ok(0.02, status=503), ok(0.2)]
+    for i, result in enumerate(results):
+        at = 60.0 * i
+        assert kept.on_probe_result(result, at) == lean.on_probe_result(result, at)
+    assert kept.on_flow_failed(999.0) == lean.on_flow_failed(999.0)
+    assert kept.peer.counters == lean.peer.counters
+    assert kept.rtt.snapshot() == lean.rtt.snapshot()

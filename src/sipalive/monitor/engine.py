@@ -15,6 +15,7 @@ written back, so a restart resumes state, counters and history.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import math
@@ -79,7 +80,9 @@ every 0.6 ms, and one loop timer per due time would cost a TimerHandle each; a t
 out ~8 at once for at most 5 ms of lag."""
 
 
+@functools.lru_cache(maxsize=1024)
 def qualify_settings(s: TargetSettings) -> QualifySettings:
+    """One QualifySettings per distinct TargetSettings (100k targets often share one)."""
     return QualifySettings(
         qualify_frequency=s.qualify_frequency,
         qualify_timeout=s.qualify_timeout,
@@ -322,9 +325,10 @@ class MonitorEngine:
                 state=QualifyState(row.state),
                 since=row.since,
                 counters=counters,
+                keep_history=False,  # the store keeps transitions and RTT minutes
             )
         else:
-            q = QualifyTarget(target.name, settings, since=self._wall())
+            q = QualifyTarget(target.name, settings, since=self._wall(), keep_history=False)
         rt = Runtime(target, q)
         self.runtimes[target.name] = rt
         if settings.qualified:
