@@ -118,7 +118,8 @@ def test_without_history_the_same_transitions_and_rtt() -> None:
     make the same transitions, counters and RTT figures either way."""
     s = QualifySettings(fail_threshold=2, lagged_rtt=0.5)
     kept, lean = QualifyTarget("a", s), QualifyTarget("a", s, keep_history=False)
-    assert lean.history is None and lean.minutes is None
+    assert lean.history is None
+    assert lean.minutes is None
     results = [ok(0.1), lost(), lost(), ok(0.7, retransmits=1), ok(0.02, status=503), ok(0.2)]
     for i, result in enumerate(results):
         at = 60.0 * i
