@@ -334,7 +334,7 @@ def test_writer_probe_commits_what_write_commits(db_path: Path, tmp_path: Path) 
 
 
 def test_writer_probe_alone_wakes_the_writer(store: Store) -> None:
-    writer = StoreWriter(store, flush_interval=0.05)
+    writer = StoreWriter(store, flush_interval=0.05, probe_interval=0.05)
     writer.probe(TargetRow("a", "sip:a", "reachable", probes=3), ("a", 60.0, 0.002))
     for _ in range(100):  # bounded: committed within the flush interval, nobody flushing
         if "a" in store.load_targets():
@@ -343,3 +343,19 @@ def test_writer_probe_alone_wakes_the_writer(store: Store) -> None:
     assert store.load_targets()["a"].probes == 3
     assert store.rtt_series("a", 0, 600)[0].count == 1
     writer.close()
+
+
+def test_probe_rows_wait_longer_but_never_delay_a_write(store: Store) -> None:
+    """Probe rows alone are committed after ``probe_interval``; a write with a future that
+    comes meanwhile is committed within ``flush_interval``, and takes them along."""
+    writer = StoreWriter(store, flush_interval=0.05, probe_interval=5.0)
+    try:
+        writer.probe(TargetRow("a", "sip:a", "reachable", probes=1), None)
+        time.sleep(0.3)
+        assert "a" not in store.load_targets()  # not yet: nobody waits for it
+        t0 = time.monotonic()
+        writer.add_transitions([tr("b", 1.0)]).result(timeout=5)
+        assert time.monotonic() - t0 < 1.0
+        assert store.load_targets()["a"].probes == 1
+    finally:
+        writer.close()

@@ -49,18 +49,18 @@ def _accepts(flow: Flow, source: tuple[str, int]) -> bool:
 
 
 class _Pending:
-    __slots__ = ("flow", "future", "on_provisional", "txn")
+    __slots__ = ("flow", "on_done", "on_provisional", "txn")
 
     def __init__(
         self,
         txn: ClientTransaction,
         flow: Flow,
-        future: asyncio.Future[TransactionResult],
+        on_done: Callable[[TransactionResult], None],
         on_provisional: Callable[[Response], None] | None,
     ) -> None:
         self.txn = txn
         self.flow = flow
-        self.future = future
+        self.on_done = on_done
         self.on_provisional = on_provisional
 
 
@@ -87,8 +87,28 @@ class TransactionDriver:
         flow: Flow,
         on_provisional: Callable[[Response], None] | None = None,
     ) -> asyncio.Future[TransactionResult]:
+        """Start ``txn`` on ``flow``; the future gets its result."""
         future: asyncio.Future[TransactionResult] = self.loop.create_future()
-        pending = _Pending(txn, flow, future, on_provisional)
+
+        def done(result: TransactionResult) -> None:
+            if not future.done():
+                future.set_result(result)
+
+        self.begin(txn, flow, done, on_provisional)
+        return future
+
+    def begin(
+        self,
+        txn: ClientTransaction,
+        flow: Flow,
+        on_done: Callable[[TransactionResult], None],
+        on_provisional: Callable[[Response], None] | None = None,
+    ) -> None:
+        """:meth:`start` without a future, for the monitor's thousands of probes a second:
+        ``on_done(result)`` is called once, from within the call that completes the
+        transaction (a response, a timer, a transport error; even ``begin`` itself if the
+        first send fails), so it must not expect to run after the caller of ``begin``."""
+        pending = _Pending(txn, flow, on_done, on_provisional)
         now = clock.monotonic()
         self._expire(now)
         key = txn.key()
@@ -98,7 +118,6 @@ class TransactionDriver:
         events = txn.start(now)
         self._wheel.add(txn, lambda evs: self._apply(pending, evs, from_timer=True))
         self._apply(pending, events, from_timer=True)
-        return future
 
     def on_response(self, response: Response, source: tuple[str, int] | None = None) -> bool:
         """Hand a parsed response to its transaction; False if none matches (wrong branch, or
@@ -170,8 +189,7 @@ class TransactionDriver:
                     self._apply(pending, txn.transport_error(clock.monotonic(), str(exc)))
                     return
             elif isinstance(event, Completed):
-                if not pending.future.done():
-                    pending.future.set_result(event.result)
+                pending.on_done(event.result)
             elif isinstance(event, Provisional) and pending.on_provisional is not None:
                 pending.on_provisional(event.response)
         timer = txn.get_timer()

@@ -49,7 +49,7 @@ from sipalive.io.udpshared import PeerFlow, SharedUdpEndpoint, open_shared_udp
 from sipalive.io.ws import WsFlow, open_ws
 from sipalive.keepalive import crlf as crlf_ka
 from sipalive.keepalive import stun as stun_ka
-from sipalive.qualify.history import Ring
+from sipalive.qualify.history import Ring, rtt_bucket
 from sipalive.qualify.schedule import Scheduler
 from sipalive.qualify.state import QualifyCounters, QualifySettings, QualifyState, Transition
 from sipalive.qualify.target import QualifyTarget
@@ -92,6 +92,13 @@ def qualify_settings(s: TargetSettings) -> QualifySettings:
         recover_threshold=s.recover_threshold,
         unreachable_frequency=s.unreachable_frequency,
         expect_codes=s.expect_code_ranges,
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _timer_config(s: TargetSettings) -> TimerConfig:
+    return TimerConfig(
+        t1=s.t1, t2=max(4.0, s.t1), timeout=s.qualify_timeout, retransmits=s.retransmits
     )
 
 
@@ -500,7 +507,9 @@ class MonitorEngine:
         assert self.driver is not None
         return self.driver
 
-    def _timers(self, s: TargetSettings, deadline: float) -> TimerConfig:
+    def _timers(self, s: TargetSettings, deadline: float, started: float) -> TimerConfig:
+        if deadline - started == s.qualify_timeout and clock.monotonic() - started < 0.001:
+            return _timer_config(s)  # sent at once: the whole timeout, one object per settings
         remaining = max(0.001, deadline - clock.monotonic())
         return TimerConfig(t1=s.t1, t2=max(4.0, s.t1), timeout=remaining, retransmits=s.retransmits)
 
@@ -523,14 +532,12 @@ class MonitorEngine:
             branch=branch,
             method="OPTIONS",
             reliable=rt.dest.transport != "udp",
-            timers=self._timers(rt.settings, deadline),
+            timers=self._timers(rt.settings, deadline, started),
         )
-        future = self._driver.start(txn, rt.flow)
-
-        def done(f: asyncio.Future[TransactionResult]) -> None:
-            self._done(rt, f, deadline, started, authorization)
-
-        future.add_done_callback(done)
+        # a callback rather than a future: no Future, no loop Handle per probe
+        self._driver.begin(
+            txn, rt.flow, lambda result: self._done(rt, result, deadline, started, authorization)
+        )
 
     def _auth_request(
         self, rt: Runtime, branch: str, call_id: str, authorization: tuple[str, str]
@@ -556,14 +563,13 @@ class MonitorEngine:
     def _done(
         self,
         rt: Runtime,
-        future: asyncio.Future[TransactionResult],
+        result: TransactionResult,
         deadline: float,
         started: float,
         authorization: tuple[str, str] | None,
     ) -> None:
-        if future.cancelled() or self._closing:
+        if self._closing:
             return
-        result = future.result()
         s = rt.settings
         if (
             result.status in (401, 407)
@@ -613,7 +619,11 @@ class MonitorEngine:
             self.counts["failure"] += 1
         transition = rt.q.on_probe_result(result, wall)
         rtt = result.rtt_first
-        sample = (rt.name, wall, rtt) if rtt is not None and result.retransmits == 0 else None
+        sample = None
+        if rtt is not None and result.retransmits == 0:
+            # stored in the row of its bucket (rtt_bucket): the store aggregates by minute
+            bucket = rtt_bucket(rt.q.settings.qualify_frequency)
+            sample = (rt.name, wall - wall % bucket, rtt)
         if transition is not None:
             if sample is not None:
                 self.writer.probe(rt.row(), sample)

@@ -616,7 +616,8 @@ class StoreWriter:
     """Collects writes in memory and commits them from a dedicated thread.
 
     A batch is committed ``flush_interval`` seconds after its first write, or as soon as
-    ``flush_rows`` rows are waiting, or on :meth:`flush`. Every write method returns a
+    ``flush_rows`` rows are waiting, or on :meth:`flush`; a batch of :meth:`probe` rows
+    alone (which nobody waits for) after ``probe_interval`` seconds. Every write method returns a
     :class:`concurrent.futures.Future` that resolves once its rows are committed (await it
     with ``asyncio.wrap_future``); writes passed to one call are committed in one transaction.
 
@@ -634,9 +635,11 @@ class StoreWriter:
         flush_interval: float = 0.1,
         flush_rows: int = 5000,
         max_pending: int = 1_000_000,
+        probe_interval: float = 1.0,
     ) -> None:
         self.store = store
         self.flush_interval = flush_interval
+        self.probe_interval = max(flush_interval, probe_interval)
         self.flush_rows = flush_rows
         self.max_pending = max_pending
         self._cond = threading.Condition()
@@ -747,9 +750,12 @@ class StoreWriter:
         with self._cond:
             while not self._pending.rows() and not self._pending.futures and not self._closing:
                 self._cond.wait()
-            deadline = clock.monotonic() + self.flush_interval
+            began = clock.monotonic()
             while not (self._urgent or self._closing):
-                remaining = deadline - clock.monotonic()
+                # probe rows alone wait longer: nobody waits for them, and each commit is an
+                # fsync; a write with a future brings the commit forward to flush_interval
+                wait = self.flush_interval if self._pending.futures else self.probe_interval
+                remaining = began + wait - clock.monotonic()
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
