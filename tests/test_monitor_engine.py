@@ -130,6 +130,14 @@ async def _scenario(tmp_path: Path) -> None:
                 stats = engine.stats()
                 assert stats.targets == 5
                 assert stats.probes_total["success"] >= 2
+                # a target's row waits for ROW_PERIOD when nothing changes; its state not
+                await asyncio.sleep(1.0)
+                await asyncio.to_thread(mon.writer.flush, 5.0)
+                stored = store_r.load_targets()["alive-udp"]
+                live = engine.target("alive-udp")
+                assert live is not None
+                assert stored.state == "reachable"
+                assert 1 <= stored.probes < live.probes
             finally:
                 pass
         # the responder is gone: both live targets go unreachable within frequency+timeout
@@ -152,6 +160,8 @@ async def _scenario(tmp_path: Path) -> None:
         rows = store_r.load_targets()
         assert rows["alive-udp"].state == "unreachable"
         assert rows["alive-udp"].probes >= 2
+        # a clean stop writes every row as it is
+        assert rows["alive-udp"].probes == engine.target("alive-udp").probes  # type: ignore[union-attr]
         await mon.close()
     finally:
         silent.close()

@@ -11,7 +11,10 @@ Threads. :class:`Store` is synchronous and guards its one connection with a lock
 called from the writer thread and from ``asyncio.to_thread`` at once. The event loop never calls
 it directly for writes: it hands rows to :class:`StoreWriter`, which merges them in memory
 (target upserts coalesce by name, RTT samples fold into per-minute aggregates) and commits them
-in one transaction from its own thread.
+in one transaction from its own thread. The monitor's per-probe rows come through
+:meth:`StoreWriter.probe` (no future, no wake-up per probe) and, alone, are committed once a
+second; it stamps each RTT sample with the start of its ``rtt_bucket`` (5 minutes for a
+target probed every 60 s), so that a row of ``rtt_minutes`` holds several probes.
 
 Errors. A database that cannot be opened, is not SQLite, is corrupt or cannot be written raises
 :class:`~sipalive.errors.ConfigError` naming the path and SQLite's reason.
@@ -691,8 +694,9 @@ class StoreWriter:
             self._cond.notify_all()
         return future
 
-    def probe(self, row: TargetRow, sample: tuple[str, float, float] | None) -> None:
-        """One probe's target row and RTT sample, with no future: the monitor's hot path.
+    def probe(self, row: TargetRow | None, sample: tuple[str, float, float] | None) -> None:
+        """One probe's target row and RTT sample (either may be None), with no future: the
+        monitor's hot path.
         Committed with the next batch like any write (nothing waits for it); it wakes the
         writer thread only when it starts a batch, not once per probe."""
         with self._cond:
@@ -700,7 +704,8 @@ class StoreWriter:
                 raise ConfigError(self.store.path, "the store writer is closed")
             pending = self._pending
             first = not pending.targets and not pending.samples and not pending.futures
-            pending.targets[row.name] = row
+            if row is not None:
+                pending.targets[row.name] = row
             if sample is not None:
                 pending.samples.append(sample)
             if len(pending.samples) >= self.flush_rows:
