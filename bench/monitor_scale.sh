@@ -22,8 +22,8 @@
 #          probe fails at once) or `stop` it (SIGSTOP: a silent peer, probes time out); detection
 #          = the unreachable transition's `at` (GET /api/targets/NAME/history) minus T, against
 #          the bound qualify_frequency + qualify_timeout (fail_threshold 1). A probe is due
-#          FREQ +-10 % after the previous one ENDED, so the design's own worst case is
-#          1.1 FREQ + timeout (printed too). Then the responder is restarted / continued and
+#          FREQ x [0.9, 1.0] after the previous one ENDED (+-10 % before perf-monitor, whose
+#          worst case was 1.1 FREQ + timeout: still printed). Then the responder is restarted / continued and
 #          the recovery time is printed. (A black-holed TCP flow needs a network namespace and
 #          iptables: another script.)
 #

@@ -18,6 +18,7 @@ from sipalive.http.view import (
     EngineStats,
     ProbeReport,
     RttMinuteView,
+    TargetSample,
     TargetView,
     TransitionView,
 )
@@ -136,6 +137,9 @@ class FakeView:
         if self._list is None:
             self._list = list(self._targets.values())
         return self._list
+
+    def samples(self) -> Sequence[TargetSample]:
+        return [TargetSample.of(t) for t in self.targets()]
 
     def target(self, name: str) -> TargetView | None:
         return self._targets.get(name)

@@ -13,6 +13,7 @@ from procs import respond
 from realpeers import free_port
 from sipalive.config import MonitorConfig, parse_config
 from sipalive.events import EventDispatcher, JsonLineSink
+from sipalive.http.view import TargetSample
 from sipalive.monitor.engine import MonitorEngine
 from sipalive.store.sqlite import Store, StoreWriter
 
@@ -113,6 +114,11 @@ async def _scenario(tmp_path: Path) -> None:
                 states = await _wait(engine, want, 5.0)
                 assert states == want
                 views = {t.name: t for t in engine.targets()}
+                # the lean rows /metrics reads say what the full views say (no await between)
+                full = [TargetSample.of(t) for t in engine.targets()]
+                assert list(engine.samples()) == full
+                assert engine.samples()[1:3] == full[1:3]
+                assert engine.samples()[-1] == full[-1]
                 assert views["alive-udp"].rtt_s is not None
                 assert 0 < views["alive-udp"].rtt_s < 0.1
                 assert views["closed"].last_error == "ICMP port unreachable"
@@ -124,6 +130,14 @@ async def _scenario(tmp_path: Path) -> None:
                 stats = engine.stats()
                 assert stats.targets == 5
                 assert stats.probes_total["success"] >= 2
+                # a target's row waits for ROW_PERIOD when nothing changes; its state not
+                await asyncio.sleep(1.0)
+                await asyncio.to_thread(mon.writer.flush, 5.0)
+                stored = store_r.load_targets()["alive-udp"]
+                live = engine.target("alive-udp")
+                assert live is not None
+                assert stored.state == "reachable"
+                assert 1 <= stored.probes < live.probes
             finally:
                 pass
         # the responder is gone: both live targets go unreachable within frequency+timeout
@@ -146,6 +160,8 @@ async def _scenario(tmp_path: Path) -> None:
         rows = store_r.load_targets()
         assert rows["alive-udp"].state == "unreachable"
         assert rows["alive-udp"].probes >= 2
+        # a clean stop writes every row as it is
+        assert rows["alive-udp"].probes == engine.target("alive-udp").probes  # type: ignore[union-attr]
         await mon.close()
     finally:
         silent.close()

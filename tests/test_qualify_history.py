@@ -18,6 +18,7 @@ from sipalive.qualify import (
     RttMinuteAggregator,
     TargetHistory,
     Transition,
+    rtt_bucket,
 )
 from sipalive.sip.transaction import Cause
 
@@ -124,3 +125,11 @@ def test_aggregates_match_the_samples(samples: list[tuple[float, float]]) -> Non
         assert (a.count, a.min, a.max) == (len(values), min(values), max(values))
         assert a.sum == pytest.approx(sum(values))
         assert a.stddev >= 0.0
+
+
+@pytest.mark.parametrize(
+    ("frequency", "bucket"),
+    [(0.5, 60), (23.9, 60), (24, 120), (60, 300), (179, 840), (180, 900), (86400, 900)],
+)
+def test_rtt_bucket_keeps_about_five_probes_a_row(frequency: float, bucket: float) -> None:
+    assert rtt_bucket(frequency) == bucket

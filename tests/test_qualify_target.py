@@ -91,7 +91,7 @@ def test_driver_loop_with_scheduler_in_virtual_time() -> None:
     """How io/ drives it: one timer, next_due, results, finished with the next interval."""
     s = QualifySettings(qualify_frequency=30, unreachable_frequency=5)
     targets = {n: QualifyTarget(n, s) for n in ("a", "b", "c")}
-    sched = Scheduler(rand=lambda: 0.5, max_in_flight=2)
+    sched = Scheduler(rand=lambda: 1.0, max_in_flight=2)
     for name in targets:
         sched.add(name, s.qualify_frequency, 0.0)
     dead = {"b"}
@@ -111,3 +111,19 @@ def test_driver_loop_with_scheduler_in_virtual_time() -> None:
     assert len(gaps_b) > 10
     assert gaps_b == pytest.approx([8.0] * len(gaps_b))  # 3 s timeout + 5 s re-probe
     assert sum(1 for _, n in probes if n == "a") == 4
+
+
+def test_without_history_the_same_transitions_and_rtt() -> None:
+    """The monitor's targets keep no history in memory (its store does): the same results
+    make the same transitions, counters and RTT figures either way."""
+    s = QualifySettings(fail_threshold=2, lagged_rtt=0.5)
+    kept, lean = QualifyTarget("a", s), QualifyTarget("a", s, keep_history=False)
+    assert lean.history is None
+    assert lean.minutes is None
+    results = [ok(0.1), lost(), lost(), ok(0.7, retransmits=1), ok(0.02, status=503), ok(0.2)]
+    for i, result in enumerate(results):
+        at = 60.0 * i
+        assert kept.on_probe_result(result, at) == lean.on_probe_result(result, at)
+    assert kept.on_flow_failed(999.0) == lean.on_flow_failed(999.0)
+    assert kept.peer.counters == lean.peer.counters
+    assert kept.rtt.snapshot() == lean.rtt.snapshot()

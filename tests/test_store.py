@@ -304,3 +304,58 @@ def test_sigkill_loses_nothing_committed(tmp_path: Path, mode: str) -> None:
         assert ats == [float(i) for i in range(len(ats))]  # a prefix: no gap, no torn batch
         assert all(t.state == "unreachable" for t in store.load_targets().values())
     assert pragma(path, "integrity_check") == "ok"
+
+
+def test_writer_probe_commits_what_write_commits(db_path: Path, tmp_path: Path) -> None:
+    """The future-less per-probe path and ``write`` leave the same rows, in the same order of
+    precedence (a later row of a target wins, whichever path it came by)."""
+    rows = [
+        TargetRow(f"t{i % 7}", "sip:t", "reachable", float(i), 0.001 * i, probes=i)
+        for i in range(300)
+    ]
+    samples = [(f"t{i % 7}", 60.0 + i / 10, 0.001 * (i + 1)) for i in range(300)]
+    contents = []
+    for name, lean in (("a.db", True), ("b.db", False)):
+        with Store(tmp_path / name) as store:
+            writer = StoreWriter(store, flush_interval=0.01)
+            for i, (row, sample) in enumerate(zip(rows, samples, strict=True)):
+                if i % 3 == 0:  # a future-carrying write in between keeps its place
+                    writer.upsert_targets([row._replace(state="unreachable")])
+                if lean:
+                    writer.probe(row, sample if i % 5 else None)
+                else:
+                    writer.write(targets=[row], rtt_samples=[sample] if i % 5 else [])
+            writer.close()
+            minutes = [store.rtt_series(f"t{k}", 0, 3600) for k in range(7)]
+            contents.append((store.load_targets(), minutes))
+    assert contents[0] == contents[1]
+    assert contents[0][0]["t6"].probes == 293  # its last row, i = 293
+    assert sum(m.count for series in contents[0][1] for m in series) == 240
+
+
+def test_writer_probe_alone_wakes_the_writer(store: Store) -> None:
+    writer = StoreWriter(store, flush_interval=0.05, probe_interval=0.05)
+    writer.probe(TargetRow("a", "sip:a", "reachable", probes=3), ("a", 60.0, 0.002))
+    for _ in range(100):  # bounded: committed within the flush interval, nobody flushing
+        if "a" in store.load_targets():
+            break
+        time.sleep(0.01)
+    assert store.load_targets()["a"].probes == 3
+    assert store.rtt_series("a", 0, 600)[0].count == 1
+    writer.close()
+
+
+def test_probe_rows_wait_longer_but_never_delay_a_write(store: Store) -> None:
+    """Probe rows alone are committed after ``probe_interval``; a write with a future that
+    comes meanwhile is committed within ``flush_interval``, and takes them along."""
+    writer = StoreWriter(store, flush_interval=0.05, probe_interval=5.0)
+    try:
+        writer.probe(TargetRow("a", "sip:a", "reachable", probes=1), None)
+        time.sleep(0.3)
+        assert "a" not in store.load_targets()  # not yet: nobody waits for it
+        t0 = time.monotonic()
+        writer.add_transitions([tr("b", 1.0)]).result(timeout=5)
+        assert time.monotonic() - t0 < 1.0
+        assert store.load_targets()["a"].probes == 1
+    finally:
+        writer.close()

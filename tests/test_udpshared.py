@@ -79,3 +79,43 @@ async def _scenario() -> None:
 
 def test_shared_endpoint() -> None:
     asyncio.run(_scenario())
+
+
+async def _timer_k_scenario() -> None:
+    """A COMPLETED UDP transaction is kept as its key only, and still absorbs a retransmitted
+    final from its peer (§17.1.2.2) until Timer K; from elsewhere, or after T4, nothing matches."""
+    driver = TransactionDriver()
+    endpoint = await open_shared_udp(driver, "127.0.0.1")
+    peer = ("127.0.0.1", 5999)
+    try:
+        req = _request(endpoint.local[1], 3)
+        reply = StatelessResponder().handle_datagram(req.encode(), ("127.0.0.1", 5999))
+        assert reply is not None
+        response = parse_message(reply.data)
+        txn = ClientTransaction(req, reliable=False, timers=TimerConfig(t4=0.2))
+        fut = driver.start(txn, endpoint.flow(peer))
+        assert driver.on_response(response, peer)  # type: ignore[arg-type]
+        assert (await fut).status == 200
+        assert len(driver) == 0  # the transaction itself is gone ...
+        assert driver.on_response(response, peer)  # type: ignore[arg-type]  # ... its key absorbs
+        assert driver.on_transport_error_for("z9hG4bKshared3", "OPTIONS", peer, "icmp")
+        assert driver.unmatched == 0
+        assert not driver.on_response(response, ("127.0.0.2", 5999))  # type: ignore[arg-type]
+        assert driver.unmatched == 1
+        await asyncio.sleep(0.25)  # Timer K fired: TERMINATED, the key matches nothing
+        assert not driver.on_response(response, peer)  # type: ignore[arg-type]
+        assert not driver.on_transport_error_for("z9hG4bKshared3", "OPTIONS", peer, "icmp")
+        assert driver.unmatched == 2
+        # the next transaction forgets expired keys
+        txn2 = ClientTransaction(
+            _request(endpoint.local[1], 4), reliable=False, timers=TimerConfig()
+        )
+        driver.start(txn2, endpoint.flow(peer))
+        assert not driver._completed
+        driver.cancel_all()
+    finally:
+        await endpoint.aclose()
+
+
+def test_timer_k_keeps_only_the_key() -> None:
+    asyncio.run(_timer_k_scenario())

@@ -20,7 +20,9 @@ Endpoints (all GET; times in JSON are ISO 8601 UTC ``2024-05-01T12:00:00.123Z``,
 ``/api/targets/{name}/history?limit=``
     Its transitions, oldest first, each exactly ``{at, from, to, cause, rtt_s}``.
 ``/api/targets/{name}/rtt?hours=24``
-    Its RTT per minute: ``{at, count, min_s, max_s, mean_s}``, oldest first.
+    Its RTT per minute: ``{at, count, min_s, max_s, mean_s}``, oldest first. A row covers
+    ``rtt_bucket(qualify_frequency)`` (:mod:`sipalive.qualify.history`): one minute for a
+    target probed more often than every 24 s, 5 minutes at 60 s, up to 15.
 ``/api/events?after=ID&limit=N``
     Transitions of all targets with an id above ``after``, oldest first (at most ``limit``,
     100 by default, 1000 at most): ``{id, target, at, from, to, cause, rtt_s}``. Poll with the
@@ -74,6 +76,7 @@ from sipalive.http.view import (
     ContactView,
     MonitorView,
     RttMinuteView,
+    TargetSample,
     TargetView,
     TransitionView,
     contacts_of,
@@ -362,7 +365,7 @@ async def stream(
     return response
 
 
-async def count_states(targets: Sequence[TargetView]) -> dict[str, int]:
+async def count_states(targets: Sequence[TargetSample]) -> dict[str, int]:
     counts = dict.fromkeys(STATES, 0)
     async for chunk in chunks(targets):
         for t in chunk:
@@ -526,7 +529,7 @@ async def api_events(request: web.Request) -> web.Response:
 
 async def api_summary(request: web.Request) -> web.Response:
     view = request.app[VIEW]
-    counts = await count_states(view.targets())
+    counts = await count_states(view.samples())
     stats = view.stats()
     return json_response(
         SummaryJSON(

@@ -32,6 +32,7 @@ from itertools import repeat
 from urllib.parse import quote, urlencode
 
 from sipalive.http.view import ContactView, RttMinuteView, TargetView, TransitionView
+from sipalive.qualify.history import rtt_bucket
 from sipalive.store.sqlite import iso8601
 
 PAGE_SIZE = 500
@@ -612,7 +613,7 @@ def target_page(
         f'<span class="muted">since {since_cell(t.since, now)} ago</span></div>'
         f'<p class="uri">{esc(t.uri)}</p><dl class="stats">{stats}</dl></section>'
     )
-    gap = max(300.0, 2.5 * t.qualify_frequency)
+    gap = max(300.0, 2.5 * t.qualify_frequency, 2 * rtt_bucket(t.qualify_frequency))
     plot = (
         f'<section class="panel"><h2>RTT per minute, last {hours:g} h</h2>'
         f"{rtt_plot(series, now - hours * 3600, now, gap)}</section>"

@@ -4,11 +4,18 @@ Transactions sit in a deadline heap with lazy deletion (STYLE habit 8): an entry
 transaction has moved on is skipped when it surfaces. Responses are dispatched by
 (branch, CSeq method) (RFC 3261 §17.1.3); a response that matches nothing is counted and
 dropped, so spoofed or late answers change nothing.
+
+A UDP transaction that got its final response stays COMPLETED for Timer K (T4, 5 s) only to
+absorb retransmitted finals (§17.1.2.2), and nothing it holds is needed for that: the driver
+then keeps only its key, its Timer K expiry and its flow (for the source check), not the
+transaction, its result and the parsed response. At 100k targets that is ~8000 transactions
+of a few kB each that the collector no longer walks.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -21,8 +28,11 @@ from sipalive.sip.transaction import (
     Completed,
     Provisional,
     TransactionResult,
+    TransactionState,
     Transmit,
 )
+
+Key = tuple[str, str]
 
 
 class Flow(Protocol):
@@ -39,18 +49,18 @@ def _accepts(flow: Flow, source: tuple[str, int]) -> bool:
 
 
 class _Pending:
-    __slots__ = ("flow", "future", "on_provisional", "txn")
+    __slots__ = ("flow", "on_done", "on_provisional", "txn")
 
     def __init__(
         self,
         txn: ClientTransaction,
         flow: Flow,
-        future: asyncio.Future[TransactionResult],
+        on_done: Callable[[TransactionResult], None],
         on_provisional: Callable[[Response], None] | None,
     ) -> None:
         self.txn = txn
         self.flow = flow
-        self.future = future
+        self.on_done = on_done
         self.on_provisional = on_provisional
 
 
@@ -60,7 +70,11 @@ class TransactionDriver:
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.loop = loop or asyncio.get_running_loop()
-        self._pending: dict[tuple[str, str], _Pending] = {}
+        self._pending: dict[Key, _Pending] = {}
+        # COMPLETED UDP transactions (Timer K running): key -> (Timer K expiry, flow), and the
+        # keys in the order they completed, to forget the expired ones as time passes
+        self._completed: dict[Key, tuple[float, Flow]] = {}
+        self._completed_order: deque[Key] = deque()
         self._wheel = TimerWheel(self.loop)
         self.unmatched = 0
 
@@ -73,24 +87,74 @@ class TransactionDriver:
         flow: Flow,
         on_provisional: Callable[[Response], None] | None = None,
     ) -> asyncio.Future[TransactionResult]:
+        """Start ``txn`` on ``flow``; the future gets its result."""
         future: asyncio.Future[TransactionResult] = self.loop.create_future()
-        pending = _Pending(txn, flow, future, on_provisional)
-        self._pending[txn.key()] = pending
-        events = txn.start(clock.monotonic())
+
+        def done(result: TransactionResult) -> None:
+            if not future.done():
+                future.set_result(result)
+
+        self.begin(txn, flow, done, on_provisional)
+        return future
+
+    def begin(
+        self,
+        txn: ClientTransaction,
+        flow: Flow,
+        on_done: Callable[[TransactionResult], None],
+        on_provisional: Callable[[Response], None] | None = None,
+    ) -> None:
+        """:meth:`start` without a future, for the monitor's thousands of probes a second:
+        ``on_done(result)`` is called once, from within the call that completes the
+        transaction (a response, a timer, a transport error; even ``begin`` itself if the
+        first send fails), so it must not expect to run after the caller of ``begin``."""
+        pending = _Pending(txn, flow, on_done, on_provisional)
+        now = clock.monotonic()
+        self._expire(now)
+        key = txn.key()
+        if self._completed.pop(key, None) is not None:
+            self._completed_order.remove(key)  # a branch reused within T4: the new one wins
+        self._pending[key] = pending
+        events = txn.start(now)
         self._wheel.add(txn, lambda evs: self._apply(pending, evs, from_timer=True))
         self._apply(pending, events, from_timer=True)
-        return future
 
     def on_response(self, response: Response, source: tuple[str, int] | None = None) -> bool:
         """Hand a parsed response to its transaction; False if none matches (wrong branch, or
         from another address than the request went to)."""
-        branch = response.branch
-        pending = self._pending.get((branch or "", response.cseq.method))
-        if pending is None or (source is not None and not _accepts(pending.flow, source)):
+        key = (response.branch or "", response.cseq.method)
+        pending = self._pending.get(key)
+        now = clock.monotonic()
+        if pending is None:
+            if self._absorbs(key, source, now):
+                return True  # a retransmitted final, absorbed in COMPLETED (§17.1.2.2)
             self.unmatched += 1
             return False
-        self._apply(pending, pending.txn.receive_response(response, clock.monotonic()))
+        if source is not None and not _accepts(pending.flow, source):
+            self.unmatched += 1
+            return False
+        self._apply(pending, pending.txn.receive_response(response, now))
         return True
+
+    def _absorbs(self, key: Key, source: tuple[str, int] | None, now: float) -> bool:
+        """Whether ``key`` names a COMPLETED transaction (Timer K not yet fired) whose flow
+        accepts ``source``: what ``receive_response`` / ``transport_error`` would ignore."""
+        entry = self._completed.get(key)
+        if entry is None or entry[0] <= now:
+            return False
+        return source is None or _accepts(entry[1], source)
+
+    def _expire(self, now: float) -> None:
+        """Timer K fired for the oldest COMPLETED keys: forget them (TERMINATED)."""
+        completed = self._completed
+        order = self._completed_order
+        while order:
+            entry = completed.get(order[0])
+            if entry is not None and entry[0] > now:
+                return
+            key = order.popleft()
+            if entry is not None:
+                del completed[key]
 
     def on_transport_error(self, flow: Flow, detail: str) -> None:
         """Every transaction on ``flow`` fails now (503)."""
@@ -103,7 +167,9 @@ class TransactionDriver:
     ) -> bool:
         """An ICMP error for our datagram (``method`` with this ``branch``) sent to ``dest``."""
         pending = self._pending.get((branch, method))
-        if pending is None or not _accepts(pending.flow, dest):
+        if pending is None:
+            return self._absorbs((branch, method), dest, clock.monotonic())
+        if not _accepts(pending.flow, dest):
             return False
         self._apply(pending, pending.txn.transport_error(clock.monotonic(), detail))
         return True
@@ -123,14 +189,17 @@ class TransactionDriver:
                     self._apply(pending, txn.transport_error(clock.monotonic(), str(exc)))
                     return
             elif isinstance(event, Completed):
-                if not pending.future.done():
-                    pending.future.set_result(event.result)
+                pending.on_done(event.result)
             elif isinstance(event, Provisional) and pending.on_provisional is not None:
                 pending.on_provisional(event.response)
-        if txn.get_timer() is None:
+        timer = txn.get_timer()
+        if timer is None or txn.state == TransactionState.COMPLETED:
             key = txn.key()
             if self._pending.get(key) is pending:
                 del self._pending[key]
             self._wheel.remove(txn)
+            if timer is not None:
+                self._completed[key] = (timer, pending.flow)
+                self._completed_order.append(key)
         elif not from_timer:
             self._wheel.touch(txn)  # a response or an error moved its deadline

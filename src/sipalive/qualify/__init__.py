@@ -16,6 +16,7 @@ from sipalive.qualify.history import (
     Ring,
     RttMinuteAggregator,
     TargetHistory,
+    rtt_bucket,
 )
 from sipalive.qualify.rtt import KarnInput, RttEstimator, RttSnapshot, nearest_rank
 from sipalive.qualify.schedule import JITTER, Due, Scheduler, spread_fraction
@@ -53,5 +54,6 @@ __all__ = [
     "Transition",
     "TransitionCause",
     "nearest_rank",
+    "rtt_bucket",
     "spread_fraction",
 ]

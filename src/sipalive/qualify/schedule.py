@@ -10,7 +10,9 @@ live ones (and a thousand), so it stays within about twice the number of targets
 * :meth:`Scheduler.add` places a key's first probe in ``[now, now + frequency)`` by a
   CRC-32 of the key: the spread is uniform, and the same after every restart.
 * A probe's end (:meth:`Scheduler.finished`) schedules the next one ``frequency`` later,
-  +-10% by the injected ``rand``: measured from the end, a slow probe never overlaps the next.
+  less up to 10% by the injected ``rand``: measured from the end, a slow probe never overlaps
+  the next; jittered downwards only, a peer that dies right after an answer is probed again
+  within ``frequency``, so it is detected within ``frequency`` + the probe timeout.
 * At most ``max_in_flight`` keys are out at once. Keys that fall due while the set is full
   wait in a FIFO queue, in deadline order, and leave it before any later deadline: late,
   never dropped, never overtaken.
@@ -31,7 +33,7 @@ from typing import NamedTuple
 from sipalive.errors import ConfigError, LocalProtocolError
 
 JITTER = 0.1
-"""Each next probe is ``frequency`` * [1 - JITTER, 1 + JITTER] after the last one ended."""
+"""Each next probe is ``frequency`` * [1 - JITTER, 1] after the last one ended."""
 
 _COMPACT_MIN = 1024
 
@@ -237,7 +239,7 @@ class Scheduler:
         r = self._rand()
         if not 0.0 <= r <= 1.0:
             raise LocalProtocolError(f"rand() returned {r!r}, outside [0, 1]")
-        return frequency * (1 - JITTER + 2 * JITTER * r)
+        return frequency * (1 - JITTER + JITTER * r)
 
     def _push(self, key: str, when: float) -> None:
         self._seq += 1

@@ -364,6 +364,16 @@ class PeerState:
             consecutive_successes=self._alive, consecutive_failures=self._failed,
         )  # fmt: skip
 
+    def totals(self) -> tuple[int, int, int, int, int, int]:
+        """``(probes, successes, failures, timeouts, transport_errors, rejected)``: what
+        :attr:`counters` says, without building it (the monitor reads them at every probe)."""
+        probes, successes, failures, timeouts, transport_errors, rejected = self._counts
+        return probes, successes, failures, timeouts, transport_errors, rejected
+
+    def streak(self) -> int:
+        """The current streak of successes or of failures (the longer one)."""
+        return max(self._alive, self._failed)
+
     def next_interval(self) -> float:
         """Seconds from this probe's end to the next; 0 when not qualified."""
         return self._settings.interval(self._state)

@@ -85,17 +85,52 @@ def make_options(
 _BRANCH_MARK = "z9hG4bK-sipalive-branch-mark"
 _CALL_ID_MARK = "sipalive-call-id-mark"
 _CSEQ_MARK = 3141592653
+_URI_MARK = "sip:sipalive-uri-mark.invalid"
+_TAG_MARK = "sipalive-tag-mark"
+_ENCODING = ("utf-8", "surrogateescape")  # as Message encodes
+_SKELETONS: dict[tuple[str, tuple[str, int], str | None, str | None], tuple[bytes, ...]] = {}
+_MAX_SKELETONS = 4096
+
+
+def _skeleton(
+    transport: str, local: tuple[str, int], from_uri: str | None, user_agent: str | None
+) -> tuple[bytes, ...]:
+    """The octets of an OPTIONS probe around its URI (twice: Request-URI and To), From tag,
+    branch, Call-ID and CSeq number: the same for every target sent from one address."""
+    key = (transport, local, from_uri, user_agent)
+    parts = _SKELETONS.get(key)
+    if parts is None:
+        sample = make_options(
+            _URI_MARK, transport=transport, local=local, branch=_BRANCH_MARK,
+            from_tag=_TAG_MARK, call_id=_CALL_ID_MARK, cseq=_CSEQ_MARK, from_uri=from_uri,
+            user_agent=user_agent,
+        ).encode()  # fmt: skip
+        marks = [m.encode() for m in (_URI_MARK, _BRANCH_MARK, _TAG_MARK, _URI_MARK)]
+        marks += [_CALL_ID_MARK.encode(), b"%d" % _CSEQ_MARK]
+        pieces: list[bytes] = []
+        rest = sample
+        for mark in marks:
+            before, found, rest = rest.partition(mark)
+            assert found, mark  # each mark is where make_request puts it, in this order
+            pieces.append(before)
+        pieces.append(rest)
+        parts = tuple(pieces)
+        if len(_SKELETONS) < _MAX_SKELETONS:
+            _SKELETONS[key] = parts
+    return parts
 
 
 class OptionsTemplate:
     """An OPTIONS probe as octet strings around its branch, Call-ID and CSeq number.
 
-    Built and validated once by ``make_options``; each probe is then one ``join``. Each probe
-    is its own request outside any dialog with a new Call-ID, as Asterisk's qualify and sipsak
-    send them: a peer such as SIPp ignores a second request in an ended "call".
+    Validated once by ``make_options``; each probe is then one ``join``. Each probe is its
+    own request outside any dialog with a new Call-ID, as Asterisk's qualify and sipsak send
+    them: a peer such as SIPp ignores a second request in an ended "call". The octets common
+    to every target sent from one address are shared (:func:`_skeleton`); a template keeps
+    only its URI and From tag: ~150 bytes instead of ~600, 45 MB less at 100k targets.
     """
 
-    __slots__ = ("_parts",)
+    __slots__ = ("_skeleton", "_tag", "_uri")
 
     def __init__(
         self,
@@ -107,24 +142,19 @@ class OptionsTemplate:
         from_uri: str | None = None,
         user_agent: str | None = USER_AGENT,
     ) -> None:
-        sample = make_options(
-            uri,
-            transport=transport,
-            local=local,
-            branch=_BRANCH_MARK,
-            from_tag=from_tag,
-            call_id=_CALL_ID_MARK,
-            cseq=_CSEQ_MARK,
-            from_uri=from_uri,
-            user_agent=user_agent,
-        ).encode()
-        head, rest = sample.split(_BRANCH_MARK.encode(), 1)
-        middle, rest = rest.split(_CALL_ID_MARK.encode(), 1)
-        middle2, tail = rest.split(b"CSeq: %d " % _CSEQ_MARK, 1)
-        self._parts = (head, middle, middle2 + b"CSeq: ", b" " + tail)
+        # validated as the request it stands for (raises ParseError as make_options does)
+        make_options(
+            uri, transport=transport, local=local, branch=_BRANCH_MARK, from_tag=from_tag,
+            call_id=_CALL_ID_MARK, cseq=_CSEQ_MARK, from_uri=from_uri, user_agent=user_agent,
+        )  # fmt: skip
+        self._skeleton = _skeleton(transport, local, from_uri, user_agent)
+        self._uri = uri.encode(*_ENCODING)
+        self._tag = from_tag.encode(*_ENCODING)
 
     def fill(self, branch: str, call_id: str, cseq: int) -> bytes:
-        head, middle, middle2, tail = self._parts
+        s0, s1, s2, s3, s4, s5, s6 = self._skeleton
+        uri = self._uri
         return b"".join(
-            (head, branch.encode(), middle, call_id.encode(), middle2, b"%d" % cseq, tail)
-        )
+            (s0, uri, s1, branch.encode(), s2, self._tag, s3, uri, s4, call_id.encode(), s5,
+             b"%d" % cseq, s6)
+        )  # fmt: skip

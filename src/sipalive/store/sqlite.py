@@ -11,7 +11,10 @@ Threads. :class:`Store` is synchronous and guards its one connection with a lock
 called from the writer thread and from ``asyncio.to_thread`` at once. The event loop never calls
 it directly for writes: it hands rows to :class:`StoreWriter`, which merges them in memory
 (target upserts coalesce by name, RTT samples fold into per-minute aggregates) and commits them
-in one transaction from its own thread.
+in one transaction from its own thread. The monitor's per-probe rows come through
+:meth:`StoreWriter.probe` (no future, no wake-up per probe) and, alone, are committed once a
+second; it stamps each RTT sample with the start of its ``rtt_bucket`` (5 minutes for a
+target probed every 60 s), so that a row of ``rtt_minutes`` holds several probes.
 
 Errors. A database that cannot be opened, is not SQLite, is corrupt or cannot be written raises
 :class:`~sipalive.errors.ConfigError` naming the path and SQLite's reason.
@@ -32,6 +35,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 from sipalive import clock
 from sipalive.errors import ConfigError
@@ -104,12 +108,13 @@ def iso8601(at: float) -> str:
     return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
-@dataclass(frozen=True, slots=True)
-class TargetRow:
+class TargetRow(NamedTuple):
     """A target's current state and counters, as restored after a restart.
 
     ``failures`` = ``timeouts`` + ``transport_errors`` + ``rejected``, as the qualify engine
     counts them; ``consecutive`` is the current streak (the engine may restart it from zero).
+    A tuple in the column order of ``targets``: the monitor makes one per probe, and it goes
+    to ``executemany`` as it is.
     """
 
     name: str
@@ -321,23 +326,7 @@ class Store:
             "successes=excluded.successes, failures=excluded.failures, "
             "consecutive=excluded.consecutive, timeouts=excluded.timeouts, "
             "transport_errors=excluded.transport_errors, rejected=excluded.rejected",
-            (
-                (
-                    r.name,
-                    r.uri,
-                    r.state,
-                    r.since,
-                    r.last_rtt,
-                    r.probes,
-                    r.successes,
-                    r.failures,
-                    r.consecutive,
-                    r.timeouts,
-                    r.transport_errors,
-                    r.rejected,
-                )
-                for r in rows
-            ),
+            rows,
         )
 
     def remove_targets(self, names: Iterable[str]) -> None:
@@ -569,6 +558,7 @@ class Store:
     # -- batches -----------------------------------------------------------------------------
 
     def _commit_batch(self, batch: _Batch) -> None:
+        batch.fold()
         with self._write("write batch") as db:
             self._upsert_targets(db, batch.targets.values())
             self._add_transitions(db, batch.transitions)
@@ -580,11 +570,13 @@ class Store:
 
 @dataclass(slots=True)
 class _Batch:
-    """Writes waiting for the next commit; ``futures`` resolve once they are committed."""
+    """Writes waiting for the next commit; ``futures`` resolve once they are committed.
+    ``samples`` are raw ``(target, at, rtt)`` still to fold into ``rtt`` (at commit)."""
 
     targets: dict[str, TargetRow] = field(default_factory=dict)
     transitions: list[TransitionRow] = field(default_factory=list)
     rtt: dict[tuple[str, int], RttMinute] = field(default_factory=dict)
+    samples: list[tuple[str, float, float]] = field(default_factory=list)
     outbox: list[OutboxRow] = field(default_factory=list)
     failed: list[tuple[str, str, float, float, str]] = field(default_factory=list)
     delivered: list[tuple[str, str, float]] = field(default_factory=list)
@@ -595,10 +587,19 @@ class _Batch:
             len(self.targets)
             + len(self.transitions)
             + len(self.rtt)
+            + len(self.samples)
             + len(self.outbox)
             + len(self.failed)
             + len(self.delivered)
         )
+
+    def fold(self) -> None:
+        """Fold the raw samples into the per-minute aggregates: on the writer thread, not by
+        the event loop at every probe; a batch kept for a retry is then bounded again."""
+        for key, minute in _aggregate(self.samples).items():
+            old = self.rtt.get(key)
+            self.rtt[key] = minute if old is None else old.merged(minute)
+        self.samples = []
 
     def absorb(self, newer: _Batch) -> None:
         """Append ``newer`` after this batch: newer target rows win, RTT minutes add up."""
@@ -607,6 +608,7 @@ class _Batch:
         for key, minute in newer.rtt.items():
             old = self.rtt.get(key)
             self.rtt[key] = minute if old is None else old.merged(minute)
+        self.samples += newer.samples
         self.outbox += newer.outbox
         self.failed += newer.failed
         self.delivered += newer.delivered
@@ -617,7 +619,8 @@ class StoreWriter:
     """Collects writes in memory and commits them from a dedicated thread.
 
     A batch is committed ``flush_interval`` seconds after its first write, or as soon as
-    ``flush_rows`` rows are waiting, or on :meth:`flush`. Every write method returns a
+    ``flush_rows`` rows are waiting, or on :meth:`flush`; a batch of :meth:`probe` rows
+    alone (which nobody waits for) after ``probe_interval`` seconds. Every write method returns a
     :class:`concurrent.futures.Future` that resolves once its rows are committed (await it
     with ``asyncio.wrap_future``); writes passed to one call are committed in one transaction.
 
@@ -635,9 +638,11 @@ class StoreWriter:
         flush_interval: float = 0.1,
         flush_rows: int = 5000,
         max_pending: int = 1_000_000,
+        probe_interval: float = 1.0,
     ) -> None:
         self.store = store
         self.flush_interval = flush_interval
+        self.probe_interval = max(flush_interval, probe_interval)
         self.flush_rows = flush_rows
         self.max_pending = max_pending
         self._cond = threading.Condition()
@@ -689,6 +694,26 @@ class StoreWriter:
             self._cond.notify_all()
         return future
 
+    def probe(self, row: TargetRow | None, sample: tuple[str, float, float] | None) -> None:
+        """One probe's target row and RTT sample (either may be None), with no future: the
+        monitor's hot path.
+        Committed with the next batch like any write (nothing waits for it); it wakes the
+        writer thread only when it starts a batch, not once per probe."""
+        with self._cond:
+            if self._closing:
+                raise ConfigError(self.store.path, "the store writer is closed")
+            pending = self._pending
+            first = not pending.targets and not pending.samples and not pending.futures
+            if row is not None:
+                pending.targets[row.name] = row
+            if sample is not None:
+                pending.samples.append(sample)
+            if len(pending.samples) >= self.flush_rows:
+                self._urgent = True
+                self._cond.notify_all()
+            elif first:
+                self._cond.notify_all()
+
     def upsert_targets(self, rows: Iterable[TargetRow]) -> Future[None]:
         return self.write(targets=rows)
 
@@ -728,16 +753,19 @@ class StoreWriter:
 
     def _take(self) -> _Batch | None:
         with self._cond:
-            while not self._pending.futures and not self._closing:
+            while not self._pending.rows() and not self._pending.futures and not self._closing:
                 self._cond.wait()
-            deadline = clock.monotonic() + self.flush_interval
+            began = clock.monotonic()
             while not (self._urgent or self._closing):
-                remaining = deadline - clock.monotonic()
+                # probe rows alone wait longer: nobody waits for them, and each commit is an
+                # fsync; a write with a future brings the commit forward to flush_interval
+                wait = self.flush_interval if self._pending.futures else self.probe_interval
+                remaining = began + wait - clock.monotonic()
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
             batch, self._pending, self._urgent = self._pending, _Batch(), False
-            if not batch.futures and self._closing:
+            if not batch.futures and not batch.rows() and self._closing:
                 return None
             return batch
 
