@@ -247,8 +247,10 @@ def test_give_up_and_transport_error_are_408_and_503() -> None:
     table.start("z9hG4bK1", "OPTIONS", b"x", 0.0, 1)
     table.start("z9hG4bK2", "OPTIONS", b"y", 0.0, 2)
     assert table.receive("z9hG4bK2", "OPTIONS", 100, "Trying", 0.05) is None
-    sends, done = table.handle_timer(1.5)  # far late: one retransmission each per call
-    assert len(sends) == 2
+    # far late: Timer E fires at 0.1, is re-anchored at 1.5 (no burst), fires again at 1.5
+    sends, done = table.handle_timer(1.5)
+    assert [token for token, _ in sends] == [1, 1]
+    assert done == []
     (failed,) = table.transport_error(1.5, "ICMP port unreachable")[:1]
     assert failed[1].status == 503
     assert failed[1].error == "ICMP port unreachable"
