@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 
+from sipalive.sip.framing import Role, StreamEvent, StreamFramer
 from sipalive.sip.message import DEFAULT_MAX_MESSAGE
 
 _TOKEN = rb"[A-Za-z0-9\-.!%*_+`'~]+"
@@ -91,3 +92,51 @@ def peek_datagram(data: bytes) -> Peek | None:
     if got is not None and got[4] is not None and end + 4 + got[4] > len(data):
         return None
     return got
+
+
+class ResponseStream:
+    """``StreamFramer(Role.CLIENT)`` with the peek in front, for a stream that carries
+    responses to us: a response of the strict shape at a message boundary comes out as a
+    ``Peek``; from the first other thing on (a CRLF, a request, an odd response, a size
+    limit) a real StreamFramer takes the rest of the stream, so it yields the same events and
+    raises the same ParseError it would have on its own."""
+
+    def __init__(self, max_message: int = DEFAULT_MAX_MESSAGE) -> None:
+        self.max_message = max_message
+        self._buf = b""
+        self._framer: StreamFramer | None = None
+
+    def receive(self, data: bytes) -> list[Peek | StreamEvent]:
+        if self._framer is not None:
+            return list(self._framer.receive(data))
+        buf = self._buf + data if self._buf else data
+        events: list[Peek | StreamEvent] = []
+        pos = 0
+        n = len(buf)
+        while pos < n:
+            if not buf.startswith(b"SIP/2.0 ", pos):
+                if n - pos < 8 and b"SIP/2.0 ".startswith(buf[pos:]):
+                    break  # the start of one
+                return events + self._hand_over(buf[pos:])
+            end = buf.find(b"\r\n\r\n", pos)
+            if end < 0:
+                if n - pos > self.max_message:
+                    return events + self._hand_over(buf[pos:])
+                break
+            got = peek_head(buf[pos:end])
+            if got is None:
+                return events + self._hand_over(buf[pos:])
+            stop = end + 4 + (got[4] or 0)
+            if stop - pos > self.max_message:
+                return events + self._hand_over(buf[pos:])
+            if stop > n:
+                break  # the body is still coming
+            events.append(got)
+            pos = stop
+        self._buf = buf[pos:]
+        return events
+
+    def _hand_over(self, rest: bytes) -> list[Peek | StreamEvent]:
+        self._buf = b""
+        self._framer = StreamFramer(Role.CLIENT, self.max_message)
+        return list(self._framer.receive(rest))
