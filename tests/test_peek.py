@@ -13,8 +13,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sipalive.errors import ParseError
+from sipalive.sip.framing import MessageReceived, Role, StreamFramer
 from sipalive.sip.message import Response, parse_message
-from sipalive.sip.peek import peek_datagram, peek_head
+from sipalive.sip.peek import ResponseStream, peek_datagram, peek_head
 from sipalive.sip.responder import ResponderConfig, StatelessResponder
 
 DATA = Path(__file__).parent / "data" / "rfc4475"
@@ -180,3 +181,70 @@ def test_peek_agrees_with_the_full_parser(data: bytes) -> None:
 def test_peek_never_raises(data: bytes) -> None:
     got = peek_datagram(data)
     assert got is None or full(data) == got[:4]
+
+
+def _events(chunks: list[bytes], framer: ResponseStream | StreamFramer) -> list[object]:
+    """What a reader sees: responses as (status, reason, branch, method), other events by
+    type, a ParseError as its status; nothing after an error."""
+    out: list[object] = []
+    for chunk in chunks:
+        try:
+            events = framer.receive(chunk)
+        except ParseError as exc:
+            return [*out, ("error", exc.status)]
+        for ev in events:
+            if isinstance(ev, tuple):
+                out.append(ev[:4])
+            elif isinstance(ev, MessageReceived) and isinstance(ev.message, Response):
+                m = ev.message
+                out.append((m.status, m.reason, m.branch, m.cseq.method))
+            elif isinstance(ev, MessageReceived):
+                out.append(("request", ev.message.cseq.method))
+            else:
+                out.append(type(ev).__name__)
+    return out
+
+
+STREAM_PARTS = st.one_of(
+    responses(),
+    st.sampled_from(
+        [KAMAILIO, SIPP, b"\r\n", b"\r\n\r\n", b"\r\nX", (DATA / "mpart01.dat").read_bytes()]
+    ),
+)
+
+
+@settings(max_examples=500)
+@given(
+    parts=st.lists(STREAM_PARTS, max_size=8),
+    cuts=st.lists(st.integers(0, 4000), max_size=6),
+    max_message=st.sampled_from([65536, 300]),
+)
+def test_response_stream_is_the_stream_framer(
+    parts: list[bytes], cuts: list[int], max_message: int
+) -> None:
+    data = b"".join(parts)
+    bounds = sorted({min(c, len(data)) for c in cuts} | {0, len(data)})
+    chunks = [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    fast = _events(chunks, ResponseStream(max_message))
+    slow = _events(chunks, StreamFramer(Role.CLIENT, max_message))
+    assert fast == slow
+
+
+def test_response_stream_peeks_a_run_of_responses() -> None:
+    stream = ResponseStream()
+    data = KAMAILIO * 3
+    events = stream.receive(data[:500]) + stream.receive(data[500:])
+    assert events == [peek_datagram(KAMAILIO)] * 3
+
+
+@pytest.mark.parametrize("cut", [10, 200, 362, 366, 368, 371])
+def test_response_stream_waits_for_head_and_body(cut: int) -> None:
+    data = KAMAILIO.replace(b"Content-Length: 0", b"Content-Length: 5") + b"hello" + SIPP
+    chunks = [data[:cut], data[cut:]]
+    assert _events(chunks, ResponseStream()) == _events(chunks, StreamFramer(Role.CLIENT))
+    assert len(_events(chunks, ResponseStream())) == 2
+
+
+def test_response_stream_bounds_an_unterminated_head() -> None:
+    chunks = [KAMAILIO[:200], KAMAILIO[200:-4]]
+    assert _events(chunks, ResponseStream(250)) == [("error", 413)]
