@@ -6,6 +6,7 @@ over generated responses with mutations aimed at the peek's shape checks."""
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -224,7 +225,7 @@ def test_response_stream_is_the_stream_framer(
 ) -> None:
     data = b"".join(parts)
     bounds = sorted({min(c, len(data)) for c in cuts} | {0, len(data)})
-    chunks = [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    chunks = [data[a:b] for a, b in pairwise(bounds)]
     fast = _events(chunks, ResponseStream(max_message))
     slow = _events(chunks, StreamFramer(Role.CLIENT, max_message))
     assert fast == slow
