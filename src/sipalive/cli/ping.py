@@ -401,7 +401,7 @@ async def _flood(prober: Prober, count: int, window: int) -> None:
     transaction table, responses peeked, no task or future per probe); on a WebSocket the
     driver's transactions, chained by callbacks."""
     flow = prober.flow
-    if isinstance(flow, UdpFlow | StreamFlow) and flow.transport is not None:
+    if isinstance(flow, UdpFlow | StreamFlow) and flow.transport is not None and not flow.closed:
         assert prober.target is not None
         engine = FloodEngine(
             prober._template(),

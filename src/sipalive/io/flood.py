@@ -54,7 +54,6 @@ class FloodEngine:
         self.record = record
         self.started = 0
         self.finished = 0
-        self.malformed = 0
         self.done: asyncio.Future[None] = self.loop.create_future()
         self.send: Callable[[bytes], None] = lambda data: None  # set by the protocol
         self._pending: list[bytes] = []  # requests started, not yet sent
@@ -75,7 +74,7 @@ class FloodEngine:
             if self._timer is not None:
                 self._timer.cancel()
             if not self.done.done():
-                self.fail_all("interrupted")
+                self.close("interrupted")
 
     def launch(self, n: int, now: float) -> None:
         """Start up to ``n`` more transactions (their requests go out at ``flush``)."""
@@ -178,7 +177,6 @@ class FloodDatagrams(asyncio.DatagramProtocol):
             try:
                 message = parse_message(data)
             except ParseError:
-                engine.malformed += 1
                 return  # RFC 3261 §18.1.2: a malformed response is discarded
             if isinstance(message, Response):
                 engine.on_response(
@@ -212,7 +210,6 @@ class FloodStream(asyncio.Protocol):
         try:
             events = self.stream.receive(data)
         except ParseError as exc:
-            engine.malformed += 1
             self.transport.abort()
             engine.close(f"malformed stream from peer: {exc.reason}")
             return
