@@ -240,6 +240,33 @@ def test_ping_flood_closed_port_fails_every_transaction_with_503() -> None:
     assert summary["codes"] == {"503": 50}
 
 
+def test_ping_flood_malformed_stream_fails_what_is_in_flight() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def peer() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"garbage\r\n\r\n")
+            conn.settimeout(5)
+            while conn.recv(65536):
+                pass
+
+    thread = threading.Thread(target=peer, daemon=True)
+    thread.start()
+    try:
+        r = sipalive("ping", "--flood", "-c", "100", "--window", "10", "--json",
+                     f"sip:127.0.0.1:{port};transport=tcp")  # fmt: skip
+    finally:
+        thread.join(10)
+        listener.close()
+    assert r.returncode == 1
+    (summary,) = [json.loads(line) for line in r.stdout.splitlines()]
+    assert summary["sent"] == summary["failures"] == 10
+    assert summary["codes"] == {"503": 10}
+
+
 def test_ping_usage_errors() -> None:
     assert sipalive("ping").returncode == 2
     bad = sipalive("ping", "-i", "soon", "127.0.0.1")
