@@ -103,13 +103,14 @@ KINDS: dict[bytes, tuple[list[bytes], list[bytes]]] = {
          b"SIP/2.0/UDP h:70000;branch=x", b"SIP/2.0/UDP h;branch", b"SIP/2.0/UDP h;branch=",
          b"SIP/2.0/UDP h;xbranch=1", b"SIP/2.0/UDP [::1]:5060;branch=x",
          b"SIP/2.0/UDP a;branch=1, SIP/2.0/UDP b", b"SIP/3.0/UDP h;branch=x",
-         b"sip/2.0/udp h;branch=x", b"SIP/2.0/UDP h;branch=\"q\"", b"SIP/2.0/UDP h:5x;branch=1"],
+         b"sip/2.0/udp h;branch=x", b"SIP/2.0/UDP h;branch=\"q\"", b"SIP/2.0/UDP h;branch=z\xff",
+         b"SIP/2.0/UDP h;received=\xc3\xa9;branch=z", b"SIP/2.0/UDP h:5x;branch=1"],
     ),
     b"From": (
         [b"From", b"from", b"f"],
         [b"<sip:a@b>;tag=1", b"<sip:a@b>", b"A b <sip:a@b>;tag=2", b"\"A\" <sip:a@b>;tag=2",
          b"sip:a@b;tag=3", b"<sip:a b>", b"<sip:a@b>;tag=\"q\"", b"<sip:a@b>;tag",
-         b"<sip:a@b>;=x", b"<sip:a@b>;tag=", b"<>", b"a@b <sip:a@b>", b"<sip:a@b> ;tag=1"],
+         b"<sip:a@b>;=x", b"<sip:a@b>;tag=", b"<sip:\xc3\xa9@b>", b"<sip:a@b>;tag=\xff", b"<>", b"a@b <sip:a@b>", b"<sip:a@b> ;tag=1"],
     ),
     b"To": ([b"To", b"to", b"t", b"tO"], []),
     b"Call-ID": (

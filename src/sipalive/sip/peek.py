@@ -22,9 +22,11 @@ from sipalive.sip.framing import Role, StreamEvent, StreamFramer
 from sipalive.sip.message import DEFAULT_MAX_MESSAGE
 
 _TOKEN = rb"[A-Za-z0-9\-.!%*_+`'~]+"
-_PARAMS = rb"(?:;" + _TOKEN + rb"(?:=[^;,\s\"]+)?)*"
+# printable ASCII (non-ASCII octets are the full parser's: it decodes with surrogateescape)
+# but for ; , " (a parameter value) and < > " (a URI in brackets)
+_PARAMS = rb"(?:;" + _TOKEN + rb"(?:=[!#-+\--:<-~]+)?)*"
 _VALUE = rb"(?: [!-~](?:[ -~]*[!-~])?)?"  # empty, or starts and ends with a visible character
-_NAME_ADDR = rb"(?:" + _TOKEN + rb"(?: " + _TOKEN + rb")* )?<[^\s<>\"]+>" + _PARAMS
+_NAME_ADDR = rb"(?:" + _TOKEN + rb"(?: " + _TOKEN + rb")* )?<[!#-;=?-~]+>" + _PARAMS
 # any other header: its name must not be one the parser checks, in any case or compact form
 _OTHER = (
     rb"(?!(?i:via|v|from|f|to|t|call-id|i|cseq|content-length|l|max-forwards|content-type|c):)"
