@@ -35,7 +35,7 @@ _OTHER = (
     + _VALUE
 )
 _HEAD = re.compile(
-    rb"SIP/2\.0 ([1-6][0-9][0-9]) ([ -~]*)(?:\r\n(?:"
+    rb"SIP/2\.0 ([1-6][0-9][0-9]) ([ -~]*)(?>\r\n(?:"
     rb"Via: SIP/2\.0/" + _TOKEN + rb" [A-Za-z0-9._\-]+(?::(?P<port>[0-9]{1,5}))?(?P<vp>" + _PARAMS
     + rb")|From: " + _NAME_ADDR
     + rb"|To: " + _NAME_ADDR
@@ -54,16 +54,21 @@ Peek = tuple[int, str, str, str, int | None]
 def peek_head(head: bytes) -> Peek | None:
     """``(status, reason, branch, cseq_method, content_length)`` of a response's start line
     and header section (without the empty line), or None: parse it fully instead."""
-    m = _HEAD.fullmatch(head)
+    return _peek(head, 0, len(head))
+
+
+def _peek(data: bytes, start: int, end: int) -> Peek | None:
+    """``peek_head(data[start:end])`` without the copy."""
+    m = _HEAD.fullmatch(data, start, end)
     if (
         m is None
-        or head.count(b"\r\nVia: ") != 1  # one Via line (several: the full parser)
-        or head.count(b"\r\nFrom: ") != 1
-        or head.count(b"\r\nTo: ") != 1
-        or head.count(b"\r\nCall-ID: ") != 1
-        or head.count(b"\r\nCSeq: ") != 1
-        or head.count(b"\r\nContent-Length: ") > 1
-        or head.count(b"\r\nContent-Type:") > 1
+        or data.count(b"\r\nVia: ", start, end) != 1  # one Via line (several: the full parser)
+        or data.count(b"\r\nFrom: ", start, end) != 1
+        or data.count(b"\r\nTo: ", start, end) != 1
+        or data.count(b"\r\nCall-ID: ", start, end) != 1
+        or data.count(b"\r\nCSeq: ", start, end) != 1
+        or data.count(b"\r\nContent-Length: ", start, end) > 1
+        or data.count(b"\r\nContent-Type:", start, end) > 1
     ):
         return None
     port = m.group("port")
@@ -90,7 +95,7 @@ def peek_datagram(data: bytes) -> Peek | None:
     end = data.find(b"\r\n\r\n")
     if end < 0:
         return None
-    got = peek_head(data[:end])
+    got = _peek(data, 0, end)
     if got is not None and got[4] is not None and end + 4 + got[4] > len(data):
         return None
     return got
@@ -125,7 +130,7 @@ class ResponseStream:
                 if n - pos > self.max_message:
                     return events + self._hand_over(buf[pos:])
                 break
-            got = peek_head(buf[pos:end])
+            got = _peek(buf, pos, end)
             if got is None:
                 return events + self._hand_over(buf[pos:])
             stop = end + 4 + (got[4] or 0)
