@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 
 from procs import make_cert, respond, sipalive
 from realpeers import free_port
+from sipalive.sip.responder import ResponderConfig, StatelessResponder
 from sipalive.stun import codec as stun
 
 OK_LINE = re.compile(
@@ -157,6 +159,112 @@ def test_ping_flood(server: int) -> None:
     assert summary["sent"] == summary["answered"] == 300
     assert summary["failures"] == 0
     assert summary["rate_per_s"] > 0
+
+
+def test_ping_flood_tcp_and_tls(server: int, certs: tuple[Path, Path]) -> None:
+    for uri in (f"sip:127.0.0.1:{server};transport=tcp", f"sips:127.0.0.1:{server + 1}"):
+        r = sipalive("ping", "--flood", "-c", "3000", "--window", "64", "--json", "--ca",
+                     str(certs[0]), uri)  # fmt: skip
+        assert r.returncode == 0, r.stdout + r.stderr
+        (summary,) = [json.loads(line) for line in r.stdout.splitlines()]
+        assert (summary["sent"], summary["answered"], summary["failures"]) == (3000, 3000, 0)
+        assert summary["codes"] == {"200": 3000}
+
+
+class UnrulyPeer(threading.Thread):
+    """A UDP peer that answers every OPTIONS, but: drops the first copy of every 4th request,
+    sends garbage, an unknown branch, a 100 Trying, compact-form answers (the full parser's
+    path) and duplicate 200s around its answers."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.responder = StatelessResponder(ResponderConfig(tag_key=b"k"))
+        self.seen: dict[bytes, int] = {}  # Call-ID -> request number
+        self.copies: dict[bytes, int] = {}
+        self.dropped = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                data, addr = self.sock.recvfrom(65536)
+            except TimeoutError:
+                continue
+            call_id = re.search(rb"Call-ID: (\S+)", data)
+            assert call_id is not None
+            n = self.seen.setdefault(call_id[1], len(self.seen))
+            copies = self.copies.get(call_id[1], 0)
+            self.copies[call_id[1]] = copies + 1
+            if n % 4 == 0 and copies == 0:
+                self.dropped += 1
+                continue
+            reply = self.responder.handle_datagram(data, addr)
+            assert reply is not None
+            out = [b"SIP/2.0 200 OK\r\nVia: broken\r\n\r\n", b"\x00garbage",
+                   reply.data.replace(b"branch=z9hG4bK", b"branch=z9hG4bKother")]  # fmt: skip
+            if n % 3 == 0:
+                out.append(reply.data.replace(b"200 OK", b"100 Trying"))
+            final = reply.data.replace(b"\r\nVia: ", b"\r\nv: ") if n % 2 else reply.data
+            out += [final, final] if n % 5 == 0 else [final]
+            for datagram in out:
+                self.sock.sendto(datagram, addr)
+
+
+def test_ping_flood_unruly_peer_retransmits_and_drops_junk() -> None:
+    peer = UnrulyPeer()
+    peer.start()
+    try:
+        r = sipalive("ping", "--flood", "-c", "400", "--window", "20", "--t1", "0.05", "--json",
+                     f"127.0.0.1:{peer.port}")  # fmt: skip
+    finally:
+        peer.stop.set()
+        peer.join()
+        peer.sock.close()
+    assert r.returncode == 0, r.stdout + r.stderr
+    (summary,) = [json.loads(line) for line in r.stdout.splitlines()]
+    assert (summary["sent"], summary["answered"], summary["failures"]) == (400, 400, 0)
+    assert peer.dropped == 100
+    assert summary["retransmits"] >= 100
+
+
+def test_ping_flood_closed_port_fails_every_transaction_with_503() -> None:
+    port = free_port("udp")
+    r = sipalive("ping", "--flood", "-c", "50", "--window", "10", "--json", f"127.0.0.1:{port}")
+    assert r.returncode == 1
+    (summary,) = [json.loads(line) for line in r.stdout.splitlines()]
+    assert (summary["sent"], summary["answered"], summary["failures"]) == (50, 0, 50)
+    assert summary["codes"] == {"503": 50}
+
+
+def test_ping_flood_malformed_stream_fails_what_is_in_flight() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def peer() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"garbage\r\n\r\n")
+            conn.settimeout(5)
+            while conn.recv(65536):
+                pass
+
+    thread = threading.Thread(target=peer, daemon=True)
+    thread.start()
+    try:
+        r = sipalive("ping", "--flood", "-c", "100", "--window", "10", "--json",
+                     f"sip:127.0.0.1:{port};transport=tcp")  # fmt: skip
+    finally:
+        thread.join(10)
+        listener.close()
+    assert r.returncode == 1
+    (summary,) = [json.loads(line) for line in r.stdout.splitlines()]
+    assert summary["sent"] == summary["failures"] == 10
+    assert summary["codes"] == {"503": 10}
 
 
 def test_ping_usage_errors() -> None:

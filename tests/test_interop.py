@@ -190,6 +190,35 @@ def test_ping_kamailio(kamailio: Kamailio, transport: str) -> None:
     assert (summary["sent"], summary["answered"], summary["loss_pct"]) == (3, 3, 0.0)
 
 
+@pytest.mark.parametrize("transport", ["udp", "tcp", "tls"])
+def test_flood_kamailio_zero_failures(kamailio: Kamailio, transport: str) -> None:
+    """The flood engine (one transaction table, peeked responses) against Kamailio: every
+    transaction answered 200, none lost, none retransmitted on loopback."""
+    port = kamailio.tls_port if transport == "tls" else kamailio.port
+    done = sipalive(
+        "ping", "--flood", "-c", "5000", "--window", "100", "--json", "--ca",
+        str(kamailio.cert_path), f"sip:ping@127.0.0.1:{port};transport={transport}",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    (summary,) = _of_type(_json_lines(done), "summary")
+    assert (summary["sent"], summary["answered"], summary["failures"]) == (5000, 5000, 0)
+    assert summary["codes"] == {"200": 5000}
+    assert summary["rate_per_s"] > 0
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_flood_sipp_uas_zero_failures(transport: SippTransport, tmp_path: Path) -> None:
+    require("sipp")
+    with sipp_uas_on_free_port(transport, log_dir=tmp_path) as uas:
+        done = sipalive("ping", "--flood", "-c", "2000", "--window", "50", "--json", uas.uri)
+        received = uas.wait_received(2000)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (summary,) = _of_type(_json_lines(done), "summary")
+    assert (summary["sent"], summary["answered"], summary["failures"]) == (2000, 2000, 0)
+    assert len(received) == 2000 + summary["retransmits"]
+    assert len({_headers(m, "Call-ID")[0] for m in received}) == 2000
+
+
 def test_kamailio_tls_without_ca_fails_verification(kamailio: Kamailio) -> None:
     port = str(kamailio.tls_port)
     done = sipalive("check", "-H", "127.0.0.1", "-p", port, "-T", "tls")

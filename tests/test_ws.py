@@ -5,6 +5,7 @@ Kamailio's websocket module (realpeer)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -642,6 +643,25 @@ def test_respond_cli_listens_on_ws_and_wss(certs: tuple[Path, Path], tmp_path: P
     text = log.read_text()
     assert f"listening on ws:127.0.0.1:{port}, wss:127.0.0.1:{port + 1}" in text
     assert "stopped: 4 requests, 4 answered, 0 client errors, 0 STUN, 2 pongs" in text
+
+
+def test_ping_flood_over_ws_uses_the_driver(tmp_path: Path) -> None:
+    """The flood engine takes UDP, TCP and TLS; over a WebSocket the flood chains the
+    driver's transactions."""
+    port = free_port("tcp")
+    args = [sys.executable, "-m", "sipalive", "respond", "--listen", f"ws:127.0.0.1:{port}",
+            "--duration", "60"]  # fmt: skip
+    with _process(args, [port], tmp_path / "respond.log") as proc:
+        r = subprocess.run(
+            [sys.executable, "-m", "sipalive", "ping", "--flood", "-c", "300", "--window", "20",
+             "--json", "-T", "ws", f"sip:127.0.0.1:{port}"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+    assert r.returncode == 0, r.stdout + r.stderr
+    summary = json.loads(r.stdout.splitlines()[-1])
+    assert (summary["sent"], summary["answered"], summary["failures"]) == (300, 300, 0)
 
 
 # -- Kamailio's websocket module --------------------------------------------------------------

@@ -26,12 +26,13 @@ from sipalive.cli.common import (
 )
 from sipalive.errors import ConfigError, ResolveError, TransportError
 from sipalive.io.driver import TransactionDriver
+from sipalive.io.flood import FloodDatagrams, FloodEngine, FloodStream
 from sipalive.io.flows import StreamFlow, UdpFlow, open_stream, open_udp
 from sipalive.io.resolver import Target, resolve
 from sipalive.io.tlsctx import TlsOptions, client_context
 from sipalive.io.ws import WsFlow, open_ws
 from sipalive.sip.build import OptionsTemplate, format_host
-from sipalive.sip.transaction import ClientTransaction, TimerConfig, TransactionResult
+from sipalive.sip.transaction import Cause, ClientTransaction, TimerConfig, TransactionResult
 from sipalive.sip.uri import SipUri
 
 
@@ -319,6 +320,17 @@ class Prober:
         if not self.args.flood:
             self.out.line(obj, text)
 
+    def record_flood(self, result: TransactionResult) -> None:
+        """``record`` for a flood, which prints no line per probe."""
+        st = self.stats
+        st.codes[result.status] = st.codes.get(result.status, 0) + 1
+        st.retransmits += result.retransmits
+        if result.cause == Cause.RESPONSE:
+            st.answered += 1
+            st.rtts.append(result.rtt_first or 0.0)
+        else:
+            st.failed += 1
+
     def print_summary(self) -> None:
         s = self.stats.summary()
         lines = [
@@ -385,7 +397,31 @@ async def run_target(prober: Prober, count: int, interval: float, window: int) -
 
 
 async def _flood(prober: Prober, count: int, window: int) -> None:
-    """COUNT transactions, WINDOW in flight, chained by callbacks (no task per probe)."""
+    """COUNT transactions, WINDOW in flight: on UDP, TCP and TLS one FloodEngine (one
+    transaction table, responses peeked, no task or future per probe); on a WebSocket the
+    driver's transactions, chained by callbacks."""
+    flow = prober.flow
+    if isinstance(flow, UdpFlow | StreamFlow) and flow.transport is not None and not flow.closed:
+        assert prober.target is not None
+        engine = FloodEngine(
+            prober._template(),
+            prober.prefix,
+            prober.call_id,
+            prober.timers,
+            reliable=prober.target.transport != "udp",
+            count=count,
+            window=window,
+            record=prober.record_flood,
+        )
+        if isinstance(flow, UdpFlow):
+            FloodDatagrams(engine, flow.transport)
+        else:
+            FloodStream(engine, flow.transport)
+        try:
+            await engine.run()
+        finally:
+            prober.stats.sent = engine.started
+        return
     done = asyncio.Event()
     state = {"started": 0, "finished": 0}
 
