@@ -1,0 +1,229 @@
+"""Batched UDP I/O: recvmmsg(2) and sendmmsg(2) through ctypes (Linux, stdlib only).
+
+One system call moves a whole batch of datagrams, where ``recvfrom``/``sendto`` cost one each:
+at tens of thousands of datagrams a second the per-call cost is a large share of the time.
+
+    batch = MmsgSocket(sock, batch=64)       # sock: a bound AF_INET/AF_INET6 UDP socket
+    for data, addr in batch.recv():          # what is queued now (at most ``batch``), [] if none
+        ...
+    sent = batch.send([(reply, addr), ...])  # how many went out; stops at the first error
+
+Addresses are ``(host, port)`` as ``socket.recvfrom`` gives them, without the IPv6 flow
+information (an IPv6 link-local source keeps its ``%scope``). A datagram longer than
+``max_size`` comes back cut to ``max_size + 1`` octets, so the caller sees that it was too
+long. :func:`available` says whether the C library has the calls (else use the socket).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import socket
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+# struct mmsghdr on LP64 Linux: msg_name, msg_namelen, msg_iov, msg_iovlen, msg_control,
+# msg_controllen, msg_flags, then msg_len; only msg_namelen, msg_flags and msg_len are read
+_HEAD = struct.Struct("=8xI4x8x8x8x8xi4xI4x")
+_MSG_DONTWAIT = 0x40
+_MSG_TRUNC = 0x20
+_CACHE_MAX = 65536
+
+
+class _Iovec(ctypes.Structure):
+    _fields_ = (("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t))
+
+
+class _OutIovec(ctypes.Structure):
+    # c_char_p: a bytes object assigned here is pointed to, not copied (and kept alive)
+    _fields_ = (("iov_base", ctypes.c_char_p), ("iov_len", ctypes.c_size_t))
+
+
+def _mmsghdr(iovec: type[ctypes.Structure]) -> type[ctypes.Structure]:
+    class Msghdr(ctypes.Structure):
+        _fields_ = (
+            ("msg_name", ctypes.c_void_p),
+            ("msg_namelen", ctypes.c_uint32),
+            ("msg_iov", ctypes.POINTER(iovec)),
+            ("msg_iovlen", ctypes.c_size_t),
+            ("msg_control", ctypes.c_void_p),
+            ("msg_controllen", ctypes.c_size_t),
+            ("msg_flags", ctypes.c_int),
+        )
+
+    class Mmsghdr(ctypes.Structure):
+        _fields_ = (("msg_hdr", Msghdr), ("msg_len", ctypes.c_uint))
+
+    return Mmsghdr
+
+
+_InMmsghdr = _mmsghdr(_Iovec)
+_OutMmsghdr = _mmsghdr(_OutIovec)
+
+_libc: ctypes.CDLL | None
+try:
+    _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    _recvmmsg = _libc.recvmmsg
+    _sendmmsg = _libc.sendmmsg
+except (OSError, AttributeError):
+    _libc = None
+else:
+    _recvmmsg.argtypes = (
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_uint,
+        ctypes.c_int,
+        ctypes.c_void_p,
+    )
+    _recvmmsg.restype = ctypes.c_int
+    _sendmmsg.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int)
+    _sendmmsg.restype = ctypes.c_int
+
+
+def available() -> bool:
+    return _libc is not None
+
+
+def _decode_sockaddr(raw: bytes) -> tuple[str, int]:
+    family = struct.unpack_from("=H", raw)[0]
+    port = struct.unpack_from("!H", raw, 2)[0]
+    if family == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw[4:8]), port
+    host = socket.inet_ntop(socket.AF_INET6, raw[8:24])
+    scope = struct.unpack_from("=I", raw, 24)[0]
+    if scope:
+        try:
+            host += "%" + socket.if_indextoname(scope)
+        except OSError:
+            host += f"%{scope}"
+    return host, port
+
+
+def _encode_sockaddr(family: int, addr: tuple[str, int]) -> bytes:
+    host, port = addr[0], addr[1]
+    if family == socket.AF_INET:
+        return (
+            struct.pack("=H", family) + struct.pack("!H", port) + socket.inet_aton(host) + bytes(8)
+        )
+    # getaddrinfo resolves a %scope suffix to its index, as sendto does
+    info = socket.getaddrinfo(
+        host, port, socket.AF_INET6, socket.SOCK_DGRAM, 0, socket.AI_NUMERICHOST
+    )
+    sockaddr: tuple[Any, ...] = info[0][4]
+    flow, scope = sockaddr[2], sockaddr[3]
+    return (
+        struct.pack("=H", family)
+        + struct.pack("!HI", port, flow)
+        + socket.inet_pton(socket.AF_INET6, host.partition("%")[0])
+        + struct.pack("=I", scope)
+    )
+
+
+class MmsgSocket:
+    """recvmmsg/sendmmsg on one UDP socket, with buffers allocated once."""
+
+    def __init__(self, sock: socket.socket, batch: int = 64, max_size: int = 65535) -> None:
+        if _libc is None:
+            raise OSError(errno.ENOSYS, "recvmmsg/sendmmsg not available")
+        self.sock = sock
+        self.family = sock.family
+        self.batch = batch
+        self._fd = sock.fileno()
+        self._size = max_size + 1
+        self._name_len = 28  # sizeof(struct sockaddr_in6), enough for either family
+        self._bufs = ctypes.create_string_buffer(self._size * batch)
+        self._names = ctypes.create_string_buffer(self._name_len * batch)
+        self._in = (_InMmsghdr * batch)()
+        self._in_iov = (_Iovec * batch)()
+        base = ctypes.addressof(self._bufs)
+        names = ctypes.addressof(self._names)
+        for i in range(batch):
+            self._in_iov[i].iov_base = base + i * self._size
+            self._in_iov[i].iov_len = self._size
+            hdr = self._in[i].msg_hdr
+            hdr.msg_iov = ctypes.pointer(self._in_iov[i])
+            hdr.msg_iovlen = 1
+            hdr.msg_name = names + i * self._name_len
+        for i in range(batch):
+            self._in[i].msg_hdr.msg_namelen = self._name_len
+        self._heads = memoryview(self._in).cast("B")
+        self._names_view = memoryview(self._names).cast("B")
+        self._bufs_view = memoryview(self._bufs).cast("B")
+        self._out = (_OutMmsghdr * batch)()
+        self._out_iov = (_OutIovec * batch)()
+        for i in range(batch):
+            self._out[i].msg_hdr.msg_iov = ctypes.pointer(self._out_iov[i])
+            self._out[i].msg_hdr.msg_iovlen = 1
+        self._sources: dict[bytes, tuple[str, int]] = {}
+        self._dests: dict[tuple[str, int], ctypes.Array[ctypes.c_char]] = {}
+
+    def recv(self) -> list[tuple[bytes, tuple[str, int]]]:
+        """The datagrams queued now, at most ``batch``; [] if none. Raises OSError on an error
+        other than "nothing to read" or an interrupted call."""
+        n = _recvmmsg(self._fd, self._in, self.batch, _MSG_DONTWAIT, None)
+        if n <= 0:
+            err = ctypes.get_errno() if n < 0 else 0
+            if n == 0 or err in (errno.EAGAIN, errno.EINTR):
+                return []
+            raise OSError(err, "recvmmsg: " + errno.errorcode.get(err, str(err)))
+        # the kernel wrote msg_len, msg_flags and msg_namelen of the first n headers: read them
+        # as plain octets (one ctypes object per field would cost more than the system call)
+        heads = self._heads
+        names = self._names_view
+        bufs = self._bufs_view
+        sources = self._sources
+        size = self._size
+        name_len = self._name_len
+        out: list[tuple[bytes, tuple[str, int]]] = []
+        for i, (namelen, flags, length) in enumerate(_HEAD.iter_unpack(heads[: n * _HEAD.size])):
+            at = i * name_len
+            raw = names[at : at + namelen].tobytes()
+            source = sources.get(raw)
+            if source is None:
+                source = _decode_sockaddr(raw)
+                if len(sources) >= _CACHE_MAX:
+                    sources.clear()
+                sources[raw] = source
+            if flags & _MSG_TRUNC:
+                length = size
+            at = i * size
+            out.append((bufs[at : at + length].tobytes(), source))
+            self._in[i].msg_hdr.msg_namelen = name_len
+        return out
+
+    def send(self, items: Sequence[tuple[bytes, tuple[str, int]]]) -> int:
+        """Send up to ``batch`` datagrams at a time; the number sent. A datagram the kernel
+        refuses (no buffer space, unreachable) ends the call: the rest is not sent."""
+        sent = 0
+        dests = self._dests
+        msgs = self._out
+        iovs = self._out_iov
+        while sent < len(items):
+            chunk = items[sent : sent + self.batch]
+            names = []  # alive until the call returns, whatever happens to the cache
+            for i, (data, addr) in enumerate(chunk):
+                name = dests.get(addr)
+                if name is None:
+                    raw = _encode_sockaddr(self.family, addr)
+                    name = ctypes.create_string_buffer(raw, len(raw))
+                    if len(dests) >= _CACHE_MAX:
+                        dests.clear()
+                    dests[addr] = name
+                names.append(name)
+                hdr = msgs[i].msg_hdr
+                hdr.msg_name = ctypes.addressof(name)
+                hdr.msg_namelen = len(name)
+                iov = iovs[i]
+                iov.iov_base = data
+                iov.iov_len = len(data)
+            n = _sendmmsg(self._fd, msgs, len(chunk), 0)
+            if n <= 0:
+                break
+            sent += n
+            if n < len(chunk):
+                break
+        for i in range(min(len(items), self.batch)):
+            iovs[i].iov_base = None  # drop the references to the data
+        return sent
