@@ -74,11 +74,13 @@ _KINDS = {
     b"c": _CONTENT_TYPE,
     b"require": None,  # the 420 check belongs to the full path
 }
-_VARYING = (_VIA_K, _FROM, _TO, _CALL_ID)  # differ from request to request: not memoised
+_VARYING = (_VIA_K, _FROM, _CALL_ID)  # differ from request to request: not remembered
 _LINES_MAX = 4096  # remembered header lines
-_NAMES_MAX = 256  # remembered spellings of the four varying names
+_NAMES_MAX = 256  # remembered spellings of the three varying names
+_STARTS_MAX = 256  # remembered Request-Lines
 
-# a header line, classified: (kind, the line as the answer copies it, Content-Length)
+# a header line, classified: (kind, the line as the answer copies it, a number: the
+# Content-Length's value; for a To, 1 if it has a tag)
 _Field = tuple[int, bytes, int]
 
 
@@ -88,8 +90,8 @@ class OptionsFastPath:
     ``status_line`` is the reply's first line; ``tail`` everything after the copied headers
     (Allow, Accept, ..., Server, Content-Length, the empty line); ``to_tag`` the full path's
     tag function of (Call-ID, From tag), so both derive the same tag from the same octets.
-    Header lines that repeat from request to request (CSeq, Max-Forwards, User-Agent...) are
-    validated once and remembered, in a table of bounded size.
+    Lines that repeat from request to request (the Request-Line, To, CSeq, User-Agent...)
+    are validated once and remembered, in tables of bounded size.
     """
 
     def __init__(
@@ -103,14 +105,16 @@ class OptionsFastPath:
         self._tail = tail
         self._to_tag = to_tag
         self._max_message = max_message
+        self._ignored: set[bytes] = set()
         self._lines: dict[bytes, _Field] = {}
         self._names: dict[bytes, tuple[int, bytes]] = {}
+        self._starts: set[bytes] = set()
 
     def _field(self, line: bytes) -> _Field | None:
         """Classify and validate a header line not seen before; None: not for the fast path.
 
-        A line that repeats (any but Via, From, To, Call-ID) is remembered whole; for those
-        four, only the name is, with the answer's spelling of it."""
+        A line that repeats (any but Via, From, Call-ID) is remembered whole; for those
+        three, only the name is, with the answer's spelling of it."""
         field = _FIELD.fullmatch(line)
         if field is None:
             return None  # not printable ASCII, no colon, folded, not a token name
@@ -118,11 +122,17 @@ class OptionsFastPath:
         kind = _KINDS.get(name.lower(), _IGNORED)
         if kind is None:
             return None
-        length = 0
+        number = 0
         if kind in _VARYING:
             if len(self._names) >= _NAMES_MAX:
                 return None
             self._names[line.partition(b":")[0]] = (kind, name + b": ")
+        elif kind == _TO:
+            name_addr = _NAME_ADDR.fullmatch(value)
+            if name_addr is None:
+                return None
+            tag = _TAG.search(name_addr[1] if name_addr[1] is not None else name_addr[2])
+            number = tag is not None and tag[1] is not None
         elif kind == _CSEQ:
             if not _CSEQ_RE.fullmatch(value) or int(value[:-8]) > MAX_CSEQ:
                 return None
@@ -132,11 +142,26 @@ class OptionsFastPath:
         elif kind == _CONTENT_LENGTH:
             if not value.isdigit() or len(value) > 9:
                 return None
-            length = int(value)
-        result = (kind, name + b": " + value, length)
-        if kind not in _VARYING and len(self._lines) < _LINES_MAX:
+            number = int(value)
+        result = (kind, name + b": " + value, number)
+        if kind == _IGNORED:
+            if len(self._ignored) < _LINES_MAX:
+                self._ignored.add(line)
+        elif kind not in _VARYING and len(self._lines) < _LINES_MAX:
             self._lines[line] = result
         return result
+
+    def _start_ok(self, line: bytes) -> bool:
+        start = line.split(b" ")
+        ok = (
+            len(start) == 3
+            and start[2] == b"SIP/2.0"
+            and (start[1].startswith(b"sip:") or start[1].startswith(b"sips:"))
+            and _VISIBLE.fullmatch(start[1]) is not None
+        )
+        if ok and len(self._starts) < _STARTS_MAX:
+            self._starts.add(line)
+        return ok
 
     def answer(self, data: bytes, source: tuple[str, int]) -> tuple[bytes, tuple[str, int]] | None:
         """The reply octets and where to send them, or None: run the full path."""
@@ -146,23 +171,20 @@ class OptionsFastPath:
         if end < 0:
             return None
         lines = data[:end].split(b"\r\n")
-        start = lines[0].split(b" ")
-        if (
-            len(start) != 3
-            or start[2] != b"SIP/2.0"
-            or not (start[1].startswith(b"sip:") or start[1].startswith(b"sips:"))
-            or not _VISIBLE.fullmatch(start[1])
-        ):
+        if lines[0] not in self._starts and not self._start_ok(lines[0]):
             return None
         vias: list[re.Match[bytes]] = []
         copied: list[bytes] = []
         call_id = from_tag = None
         to_at = -1
-        to_tagged = False
+        to_tagged = 0
         seen = 0
+        ignored = self._ignored
         memo = self._lines
         names = self._names
         for line in lines[1:]:
+            if line in ignored:
+                continue
             field = memo.get(line)
             if field is None:
                 name, _, value = line.partition(b":")
@@ -193,28 +215,29 @@ class OptionsFastPath:
                         name_addr = _NAME_ADDR.fullmatch(value)
                         if name_addr is None:
                             return None
-                        params = name_addr[1] if name_addr[1] is not None else name_addr[2]
-                        tag = _TAG.search(params)
-                        if kind == _FROM:
-                            from_tag = tag[1] if tag is not None else None
-                        else:
-                            to_at = len(copied)
-                            to_tagged = tag is not None and tag[1] is not None
+                        tag = _TAG.search(
+                            name_addr[1] if name_addr[1] is not None else name_addr[2]
+                        )
+                        from_tag = tag[1] if tag is not None else None
                     copied.append(prefix + value)
                     continue
                 assert field is not None  # _field returned it
-            kind, copy, length = field
-            if kind == _IGNORED:
-                continue
+                if field[0] == _IGNORED:
+                    continue
+            kind, copy, number = field
             bit = 1 << kind
             if seen & bit:
                 return None
             seen |= bit
-            if kind == _CSEQ:
+            if kind == _TO:
+                to_at = len(copied)
+                to_tagged = number
                 copied.append(copy)
-            elif kind == _CONTENT_LENGTH and length > len(data) - end - 4:
+            elif kind == _CSEQ:
+                copied.append(copy)
+            elif kind == _CONTENT_LENGTH and number > len(data) - end - 4:
                 return None
-        if not vias or call_id is None or to_at < 0 or seen & _REQUIRED != _REQUIRED:
+        if not vias or call_id is None or seen & _REQUIRED != _REQUIRED:
             return None
         if not to_tagged:
             copied[to_at] += b";tag=" + self._to_tag(call_id, from_tag or b"")
