@@ -163,3 +163,69 @@ def test_batched_listener_answers_as_the_asyncio_endpoint() -> None:
     assert sorted(batched) == sorted(plain)
     assert sum(a.startswith(b"SIP/2.0 200 OK\r\n") for a in batched) == 3
     assert sum(a.startswith(b"SIP/2.0 400 ") for a in batched) == 1
+
+
+# -- the local address (IP_PKTINFO) ---------------------------------------------------------
+
+
+def test_pktinfo_tells_the_local_address_and_sends_from_it() -> None:
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client,
+    ):
+        server.bind(("0.0.0.0", 0))
+        server.setblocking(False)
+        client.bind(("127.0.0.1", 0))
+        client.settimeout(2)
+        port = server.getsockname()[1]
+        batch = mmsg.MmsgSocket(server, batch=8, pktinfo=True)
+        client.sendto(b"to .2", ("127.0.0.2", port))
+        client.sendto(b"to .3", ("127.0.0.3", port))
+        got: list[tuple[bytes, tuple[str, int]]] = []
+        locals_: list[bytes] = []
+        while len(got) < 2:
+            _wait(server)
+            got += batch.recv()
+            locals_ += batch.locals
+        assert [d for d, _ in got] == [b"to .2", b"to .3"]
+        assert [socket.inet_ntoa(a) for a in locals_] == ["127.0.0.2", "127.0.0.3"]
+        dest = client.getsockname()
+        assert batch.send([(b"a", dest), (b"b", dest), (b"c", dest)], [*locals_, b""]) == 3
+        answers = [client.recvfrom(10) for _ in range(3)]
+        assert answers == [
+            (b"a", ("127.0.0.2", port)),
+            (b"b", ("127.0.0.3", port)),
+            (b"c", ("127.0.0.1", port)),  # no local given: the kernel's choice
+        ]
+        assert batch.send([(b"d", dest)]) == 1  # and without locals, nothing left over
+        assert client.recvfrom(10) == (b"d", ("127.0.0.1", port))
+
+
+def test_wildcard_listener_answers_from_the_address_it_was_sent_to() -> None:
+    async def run() -> list[tuple[bytes, tuple[str, int]]]:
+        listener = Listener(StatelessResponder(), Admission(), log=lambda _: None)
+        (udp,) = await start_listeners(listener, [ListenSpec("udp", "0.0.0.0", 0)])
+        transport = cast(asyncio.DatagramTransport, udp)
+        port = transport.get_extra_info("sockname")[1]
+        answers: list[tuple[bytes, tuple[str, int]]] = []
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.bind(("127.0.0.1", 0))
+            client.setblocking(False)
+            client.sendto(SIPP, ("127.0.0.2", port))  # the fast path
+            client.sendto(stun.binding_request(b"0123456789ab"), ("127.0.0.3", port))
+            client.sendto(SIPP.replace(b"CSeq: 1 ", b"CSeq: x "), ("127.0.0.4", port))  # 400
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 2
+            while loop.time() < deadline and len(answers) < 3:
+                try:
+                    answers.append(client.recvfrom(4096))
+                except BlockingIOError:
+                    await asyncio.sleep(0.01)
+        transport.close()
+        return answers
+
+    answers = sorted(asyncio.run(run()), key=lambda a: a[1])
+    assert [a[1][0] for a in answers] == ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+    assert answers[0][0].startswith(b"SIP/2.0 200 OK\r\n")
+    assert stun.parse(answers[1][0]).msg_class is stun.StunClass.SUCCESS
+    assert answers[2][0].startswith(b"SIP/2.0 400 ")

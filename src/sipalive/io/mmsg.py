@@ -9,7 +9,13 @@ at tens of thousands of datagrams a second the per-call cost is a large share of
     sent = batch.send([(reply, addr), ...])  # how many went out; stops at the first error
 
 Addresses are ``(host, port)`` as ``socket.recvfrom`` gives them, without the IPv6 flow
-information (an IPv6 link-local source keeps its ``%scope``). A datagram longer than
+information (an IPv6 link-local source keeps its ``%scope``).
+
+On a socket bound to a wildcard address, ``pktinfo=True`` (IP_PKTINFO, IPV6_RECVPKTINFO)
+tells which local address each datagram was sent to: after ``recv``, ``batch.locals[i]`` is
+the packed address (4 or 16 octets) of datagram i, and ``send(items, locals)`` sends each
+datagram from the given packed address (RFC 3261 §18.2.2 wants an answer to come from the
+address the request reached). A datagram longer than
 ``max_size`` comes back cut to ``max_size + 1`` octets, so the caller sees that it was too
 long. :func:`available` says whether the C library has the calls (else use the socket).
 """
@@ -27,6 +33,13 @@ from typing import Any
 # struct mmsghdr on LP64 Linux: msg_name, msg_namelen, msg_iov, msg_iovlen, msg_control,
 # msg_controllen, msg_flags, then msg_len; only msg_namelen, msg_flags and msg_len are read
 _HEAD = struct.Struct("=8xI4x8x8x8x8xi4xI4x")
+_NAMELEN = struct.Struct("=I")  # at offset 8 of a header
+_CONTROLLEN = struct.Struct("=Q")  # at offset 40
+_CMSGHDR = struct.Struct("=Qii")  # cmsg_len, cmsg_level, cmsg_type; the data follows at 16
+_CONTROL_SPACE = 64  # CMSG_SPACE(sizeof(struct in6_pktinfo)) = 40, rounded up
+_IP_PKTINFO = 8  # <linux/in.h>; the socket module does not name it
+_IPV6_RECVPKTINFO = 49
+_IPV6_PKTINFO = 50
 _MSG_DONTWAIT = 0x40
 _MSG_TRUNC = 0x20
 _CACHE_MAX = 65536
@@ -121,10 +134,20 @@ def _encode_sockaddr(family: int, addr: tuple[str, int]) -> bytes:
     )
 
 
+def pktinfo(local: bytes) -> tuple[int, int, bytes]:
+    """The ancillary data (level, type, data) that sends a datagram from the packed local
+    address ``local`` (4 or 16 octets), for ``socket.sendmsg`` and ``MmsgSocket.send``."""
+    if len(local) == 4:  # struct in_pktinfo: ifindex 0, ipi_spec_dst = the source
+        return socket.IPPROTO_IP, _IP_PKTINFO, struct.pack("=i4s4x", 0, local)
+    return socket.IPPROTO_IPV6, _IPV6_PKTINFO, struct.pack("=16si", local, 0)  # in6_pktinfo
+
+
 class MmsgSocket:
     """recvmmsg/sendmmsg on one UDP socket, with buffers allocated once."""
 
-    def __init__(self, sock: socket.socket, batch: int = 64, max_size: int = 65535) -> None:
+    def __init__(
+        self, sock: socket.socket, batch: int = 64, max_size: int = 65535, pktinfo: bool = False
+    ) -> None:
         if _libc is None:
             raise OSError(errno.ENOSYS, "recvmmsg/sendmmsg not available")
         self.sock = sock
@@ -158,6 +181,20 @@ class MmsgSocket:
             self._out[i].msg_hdr.msg_iovlen = 1
         self._sources: dict[bytes, tuple[str, int]] = {}
         self._dests: dict[tuple[str, int], ctypes.Array[ctypes.c_char]] = {}
+        self.pktinfo = pktinfo
+        self.locals: list[bytes] = []
+        self._controls: dict[bytes, ctypes.Array[ctypes.c_char]] = {}
+        if pktinfo:
+            if self.family == socket.AF_INET:
+                sock.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
+            else:
+                sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVPKTINFO, 1)
+            self._control = ctypes.create_string_buffer(_CONTROL_SPACE * batch)
+            self._control_view = memoryview(self._control).cast("B")
+            control = ctypes.addressof(self._control)
+            for i in range(batch):
+                self._in[i].msg_hdr.msg_control = control + i * _CONTROL_SPACE
+                self._in[i].msg_hdr.msg_controllen = _CONTROL_SPACE
 
     def recv(self) -> list[tuple[bytes, tuple[str, int]]]:
         """The datagrams queued now, at most ``batch``; [] if none. Raises OSError on an error
@@ -177,6 +214,8 @@ class MmsgSocket:
         size = self._size
         name_len = self._name_len
         out: list[tuple[bytes, tuple[str, int]]] = []
+        if self.pktinfo:
+            self.locals = [self._local(i) for i in range(n)]
         for i, (namelen, flags, length) in enumerate(_HEAD.iter_unpack(heads[: n * _HEAD.size])):
             at = i * name_len
             raw = names[at : at + namelen].tobytes()
@@ -190,20 +229,63 @@ class MmsgSocket:
                 length = size
             at = i * size
             out.append((bufs[at : at + length].tobytes(), source))
-            self._in[i].msg_hdr.msg_namelen = name_len
+            _NAMELEN.pack_into(heads, i * _HEAD.size + 8, name_len)  # for the next call
         return out
 
-    def send(self, items: Sequence[tuple[bytes, tuple[str, int]]]) -> int:
+    def _local(self, i: int) -> bytes:
+        """The destination address of received datagram i (empty if the kernel gave none)."""
+        at = i * _CONTROL_SPACE
+        control = self._control_view
+        controllen = _CONTROLLEN.unpack_from(self._heads, i * _HEAD.size + 40)[0]
+        _CONTROLLEN.pack_into(self._heads, i * _HEAD.size + 40, _CONTROL_SPACE)
+        if controllen < _CMSGHDR.size:
+            return b""
+        _, level, kind = _CMSGHDR.unpack_from(control, at)
+        if level == socket.IPPROTO_IP and kind == _IP_PKTINFO:
+            return control[at + 24 : at + 28].tobytes()  # in_pktinfo.ipi_addr
+        if level == socket.IPPROTO_IPV6 and kind == _IPV6_PKTINFO:
+            return control[at + 16 : at + 32].tobytes()  # in6_pktinfo.ipi6_addr
+        return b""
+
+    def _control_for(self, local: bytes) -> ctypes.Array[ctypes.c_char]:
+        control = self._controls.get(local)
+        if control is None:
+            level, kind, data = pktinfo(local)
+            raw = _CMSGHDR.pack(_CMSGHDR.size + len(data), level, kind) + data
+            raw += bytes(-len(raw) % 8)
+            control = ctypes.create_string_buffer(raw, len(raw))
+            if len(self._controls) >= _CACHE_MAX:
+                self._controls.clear()
+            self._controls[local] = control
+        return control
+
+    def send(
+        self,
+        items: Sequence[tuple[bytes, tuple[str, int]]],
+        locals_: Sequence[bytes] | None = None,
+    ) -> int:
         """Send up to ``batch`` datagrams at a time; the number sent. A datagram the kernel
-        refuses (no buffer space, unreachable) ends the call: the rest is not sent."""
+        refuses (no buffer space, unreachable) ends the call: the rest is not sent.
+        ``locals_[i]``, if given and not empty, is the packed source address of datagram i."""
         sent = 0
         dests = self._dests
         msgs = self._out
         iovs = self._out_iov
         while sent < len(items):
             chunk = items[sent : sent + self.batch]
-            names = []  # alive until the call returns, whatever happens to the cache
+            names = []  # alive until the call returns, whatever happens to the caches
             for i, (data, addr) in enumerate(chunk):
+                hdr = msgs[i].msg_hdr
+                if locals_ is not None:
+                    local = locals_[sent + i]
+                    if local:
+                        control = self._control_for(local)
+                        names.append(control)
+                        hdr.msg_control = ctypes.addressof(control)
+                        hdr.msg_controllen = len(control)
+                    else:
+                        hdr.msg_control = None
+                        hdr.msg_controllen = 0
                 name = dests.get(addr)
                 if name is None:
                     raw = _encode_sockaddr(self.family, addr)
@@ -212,7 +294,6 @@ class MmsgSocket:
                         dests.clear()
                     dests[addr] = name
                 names.append(name)
-                hdr = msgs[i].msg_hdr
                 hdr.msg_name = ctypes.addressof(name)
                 hdr.msg_namelen = len(name)
                 iov = iovs[i]
@@ -226,4 +307,7 @@ class MmsgSocket:
                 break
         for i in range(min(len(items), self.batch)):
             iovs[i].iov_base = None  # drop the references to the data
+            if locals_ is not None:
+                msgs[i].msg_hdr.msg_control = None
+                msgs[i].msg_hdr.msg_controllen = 0
         return sent

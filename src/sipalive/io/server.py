@@ -98,7 +98,8 @@ class UdpServerProtocol(asyncio.DatagramProtocol):
         """Handle one datagram. A plain OPTIONS's 200 is returned for the caller to send (in a
         batch); anything else is answered (or not) through ``self.transport`` here."""
         lst = self.listener
-        if not lst.admission.admit(source[0], time.monotonic()):
+        adm = lst.admission
+        if (adm.allow or adm.rate is not None) and not adm.admit(source[0], time.monotonic()):
             lst.stats.dropped += 1
             return None
         if lst.hook is not None and lst.hook.on_datagram(data, source, self):
@@ -139,40 +140,63 @@ class BatchedUdpTransport(asyncio.DatagramTransport):
     """A UDP listener's socket read and written in batches (:mod:`sipalive.io.mmsg`): one
     recvmmsg per readable event takes what is queued, the fast path's answers leave in one
     sendmmsg. It offers what the protocol and the registrar use of an asyncio datagram
-    transport (``sendto``, ``is_closing``, ``close``, ``get_extra_info``, ``get_protocol``)."""
+    transport (``sendto``, ``is_closing``, ``close``, ``get_extra_info``, ``get_protocol``).
+
+    On a wildcard address (0.0.0.0, ::) every answer leaves from the address its request was
+    sent to (IP_PKTINFO: RFC 3261 §18.2.2, RFC 3581 §4), not from the kernel's choice."""
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, sock: socket.socket, protocol: UdpServerProtocol
     ) -> None:
-        from sipalive.io.mmsg import MmsgSocket
-
         super().__init__()
         sock.setblocking(False)
         self._loop = loop
         self._sock = sock
         self._protocol = protocol
-        self._batch = MmsgSocket(
-            sock, batch=64, max_size=protocol.listener.responder.config.max_message
+        wildcard = sock.getsockname()[0] in ("0.0.0.0", "::")
+        self._batch = mmsg.MmsgSocket(
+            sock,
+            batch=64,
+            max_size=protocol.listener.responder.config.max_message,
+            pktinfo=wildcard,
         )
+        self._local = b""  # where the datagram being handled was sent to (wildcard only)
         self._closing = False
         protocol.connection_made(self)
         loop.add_reader(sock.fileno(), self._readable)
 
     def _readable(self) -> None:
         answer = self._protocol.answer
+        batch = self._batch
         out: list[tuple[bytes, tuple[str, int]]] = []
-        for data, source in self._batch.recv():
+        items = batch.recv()
+        if not batch.pktinfo:
+            for data, source in items:
+                fast = answer(data, source)
+                if fast is not None:
+                    out.append(fast)
+            if out and not self._closing:
+                batch.send(out)  # what the kernel refuses is lost, as a datagram may be
+            return
+        out_locals: list[bytes] = []
+        for (data, source), local in zip(items, batch.locals, strict=True):
+            self._local = local
             fast = answer(data, source)
             if fast is not None:
                 out.append(fast)
+                out_locals.append(local)
+        self._local = b""
         if out and not self._closing:
-            self._batch.send(out)  # what the kernel refuses is lost, as a datagram may be
+            batch.send(out, out_locals)
 
     def sendto(self, data: bytes | bytearray | memoryview, addr: Any = None) -> None:
         if self._closing:
             return
         try:
-            self._sock.sendto(data, addr)
+            if self._local:
+                self._sock.sendmsg([data], [mmsg.pktinfo(self._local)], 0, addr)
+            else:
+                self._sock.sendto(data, addr)
         except OSError:
             pass  # full buffer or ICMP error: UDP delivers at most once anyway
 
