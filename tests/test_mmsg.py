@@ -229,3 +229,27 @@ def test_wildcard_listener_answers_from_the_address_it_was_sent_to() -> None:
     assert answers[0][0].startswith(b"SIP/2.0 200 OK\r\n")
     assert stun.parse(answers[1][0]).msg_class is stun.StunClass.SUCCESS
     assert answers[2][0].startswith(b"SIP/2.0 400 ")
+
+
+def test_sockets_share_one_receive_area_and_keep_their_datagrams_apart() -> None:
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+            s.setblocking(False)
+        a, b = (mmsg.MmsgSocket(s, batch=8, max_size=1000) for s in socks[:2])
+        assert a._in is b._in  # one set of buffers, whatever the number of listeners
+        for i in range(3):
+            socks[2].sendto(b"for a %d" % i, socks[0].getsockname())
+            socks[2].sendto(b"for b %d" % i, socks[1].getsockname())
+        got_a: list[bytes] = []
+        got_b: list[bytes] = []
+        while len(got_a) < 3 or len(got_b) < 3:
+            select.select(socks[:2], [], [], 2)
+            got_a += [d for d, _ in a.recv()]
+            got_b += [d for d, _ in b.recv()]
+        assert got_a == [b"for a %d" % i for i in range(3)]
+        assert got_b == [b"for b %d" % i for i in range(3)]
+    finally:
+        for s in socks:
+            s.close()

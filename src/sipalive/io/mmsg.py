@@ -37,6 +37,7 @@ _NAMELEN = struct.Struct("=I")  # at offset 8 of a header
 _CONTROLLEN = struct.Struct("=Q")  # at offset 40
 _CMSGHDR = struct.Struct("=Qii")  # cmsg_len, cmsg_level, cmsg_type; the data follows at 16
 _CONTROL_SPACE = 64  # CMSG_SPACE(sizeof(struct in6_pktinfo)) = 40, rounded up
+_NAME_LEN = 28  # sizeof(struct sockaddr_in6), enough for either family
 _IP_PKTINFO = 8  # <linux/in.h>; the socket module does not name it
 _IPV6_RECVPKTINFO = 49
 _IPV6_PKTINFO = 50
@@ -142,8 +143,43 @@ def pktinfo(local: bytes) -> tuple[int, int, bytes]:
     return socket.IPPROTO_IPV6, _IPV6_PKTINFO, struct.pack("=16si", local, 0)  # in6_pktinfo
 
 
+class _RecvArea:
+    """Receive buffers and headers, shared by the MmsgSocket objects of a process that have
+    the same batch, size and pktinfo: a listener on 1000 addresses holds one area, not 1000
+    (``recv`` copies out what it returns, so sharing is safe within one thread)."""
+
+    def __init__(self, batch: int, size: int, pktinfo: bool) -> None:
+        self.bufs = ctypes.create_string_buffer(size * batch)
+        self.names = ctypes.create_string_buffer(_NAME_LEN * batch)
+        self.control = ctypes.create_string_buffer(_CONTROL_SPACE * batch if pktinfo else 1)
+        self.headers = (_InMmsghdr * batch)()
+        self.iovs = (_Iovec * batch)()
+        base = ctypes.addressof(self.bufs)
+        names = ctypes.addressof(self.names)
+        control = ctypes.addressof(self.control)
+        for i in range(batch):
+            self.iovs[i].iov_base = base + i * size
+            self.iovs[i].iov_len = size
+            hdr = self.headers[i].msg_hdr
+            hdr.msg_iov = ctypes.pointer(self.iovs[i])
+            hdr.msg_iovlen = 1
+            hdr.msg_name = names + i * _NAME_LEN
+            hdr.msg_namelen = _NAME_LEN
+            if pktinfo:
+                hdr.msg_control = control + i * _CONTROL_SPACE
+                hdr.msg_controllen = _CONTROL_SPACE
+        self.heads_view = memoryview(self.headers).cast("B")
+        self.names_view = memoryview(self.names).cast("B")
+        self.bufs_view = memoryview(self.bufs).cast("B")
+        self.control_view = memoryview(self.control).cast("B")
+
+
+_AREAS: dict[tuple[int, int, bool], _RecvArea] = {}
+
+
 class MmsgSocket:
-    """recvmmsg/sendmmsg on one UDP socket, with buffers allocated once."""
+    """recvmmsg/sendmmsg on one UDP socket. Use the objects of a process from one thread:
+    they share their receive buffers."""
 
     def __init__(
         self, sock: socket.socket, batch: int = 64, max_size: int = 65535, pktinfo: bool = False
@@ -155,25 +191,15 @@ class MmsgSocket:
         self.batch = batch
         self._fd = sock.fileno()
         self._size = max_size + 1
-        self._name_len = 28  # sizeof(struct sockaddr_in6), enough for either family
-        self._bufs = ctypes.create_string_buffer(self._size * batch)
-        self._names = ctypes.create_string_buffer(self._name_len * batch)
-        self._in = (_InMmsghdr * batch)()
-        self._in_iov = (_Iovec * batch)()
-        base = ctypes.addressof(self._bufs)
-        names = ctypes.addressof(self._names)
-        for i in range(batch):
-            self._in_iov[i].iov_base = base + i * self._size
-            self._in_iov[i].iov_len = self._size
-            hdr = self._in[i].msg_hdr
-            hdr.msg_iov = ctypes.pointer(self._in_iov[i])
-            hdr.msg_iovlen = 1
-            hdr.msg_name = names + i * self._name_len
-        for i in range(batch):
-            self._in[i].msg_hdr.msg_namelen = self._name_len
-        self._heads = memoryview(self._in).cast("B")
-        self._names_view = memoryview(self._names).cast("B")
-        self._bufs_view = memoryview(self._bufs).cast("B")
+        key = (batch, self._size, pktinfo)
+        area = _AREAS.get(key)
+        if area is None:
+            area = _AREAS[key] = _RecvArea(batch, self._size, pktinfo)
+        self._in = area.headers
+        self._heads = area.heads_view
+        self._names_view = area.names_view
+        self._bufs_view = area.bufs_view
+        self._control_view = area.control_view
         self._out = (_OutMmsghdr * batch)()
         self._out_iov = (_OutIovec * batch)()
         for i in range(batch):
@@ -189,12 +215,6 @@ class MmsgSocket:
                 sock.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
             else:
                 sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVPKTINFO, 1)
-            self._control = ctypes.create_string_buffer(_CONTROL_SPACE * batch)
-            self._control_view = memoryview(self._control).cast("B")
-            control = ctypes.addressof(self._control)
-            for i in range(batch):
-                self._in[i].msg_hdr.msg_control = control + i * _CONTROL_SPACE
-                self._in[i].msg_hdr.msg_controllen = _CONTROL_SPACE
 
     def recv(self) -> list[tuple[bytes, tuple[str, int]]]:
         """The datagrams queued now, at most ``batch``; [] if none. Raises OSError on an error
@@ -212,7 +232,7 @@ class MmsgSocket:
         bufs = self._bufs_view
         sources = self._sources
         size = self._size
-        name_len = self._name_len
+        name_len = _NAME_LEN
         out: list[tuple[bytes, tuple[str, int]]] = []
         if self.pktinfo:
             self.locals = [self._local(i) for i in range(n)]
