@@ -253,3 +253,14 @@ def test_sockets_share_one_receive_area_and_keep_their_datagrams_apart() -> None
     finally:
         for s in socks:
             s.close()
+
+
+def test_a_datagram_too_long_for_udp_ends_the_send(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    a, b = pair
+    dest = a.getsockname()[:2]
+    items = [(b"first", dest), (b"x" * 70000, dest), (b"never", dest)]
+    assert mmsg.MmsgSocket(b, batch=4).send(items) == 1
+    _wait(a)
+    assert a.recv(100) == b"first"

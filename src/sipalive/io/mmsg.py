@@ -34,6 +34,11 @@ from typing import Any
 # msg_controllen, msg_flags, then msg_len; only msg_namelen, msg_flags and msg_len are read
 _HEAD = struct.Struct("=8xI4x8x8x8x8xi4xI4x")
 _NAMELEN = struct.Struct("=I")  # at offset 8 of a header
+# msg_name, msg_namelen, msg_iov, msg_iovlen, msg_control, msg_controllen (pad octets are
+# written too, as zeros: hence the whole header, iov included)
+_OUT_HEAD = struct.Struct("=QI4xQQQQ")
+_IOV_LEN = struct.Struct("=Q")  # at offset 8 of a struct iovec
+_MAX_UDP = 65536  # a UDP payload is at most 65507 octets (65527 over IPv6 jumbo-less)
 _CONTROLLEN = struct.Struct("=Q")  # at offset 40
 _CMSGHDR = struct.Struct("=Qii")  # cmsg_len, cmsg_level, cmsg_type; the data follows at 16
 _CONTROL_SPACE = 64  # CMSG_SPACE(sizeof(struct in6_pktinfo)) = 40, rounded up
@@ -50,31 +55,21 @@ class _Iovec(ctypes.Structure):
     _fields_ = (("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t))
 
 
-class _OutIovec(ctypes.Structure):
-    # c_char_p: a bytes object assigned here is pointed to, not copied (and kept alive)
-    _fields_ = (("iov_base", ctypes.c_char_p), ("iov_len", ctypes.c_size_t))
+class _Msghdr(ctypes.Structure):
+    _fields_ = (
+        ("msg_name", ctypes.c_void_p),
+        ("msg_namelen", ctypes.c_uint32),
+        ("msg_iov", ctypes.POINTER(_Iovec)),
+        ("msg_iovlen", ctypes.c_size_t),
+        ("msg_control", ctypes.c_void_p),
+        ("msg_controllen", ctypes.c_size_t),
+        ("msg_flags", ctypes.c_int),
+    )
 
 
-def _mmsghdr(iovec: type[ctypes.Structure]) -> type[ctypes.Structure]:
-    class Msghdr(ctypes.Structure):
-        _fields_ = (
-            ("msg_name", ctypes.c_void_p),
-            ("msg_namelen", ctypes.c_uint32),
-            ("msg_iov", ctypes.POINTER(iovec)),
-            ("msg_iovlen", ctypes.c_size_t),
-            ("msg_control", ctypes.c_void_p),
-            ("msg_controllen", ctypes.c_size_t),
-            ("msg_flags", ctypes.c_int),
-        )
+class _Mmsghdr(ctypes.Structure):
+    _fields_ = (("msg_hdr", _Msghdr), ("msg_len", ctypes.c_uint))
 
-    class Mmsghdr(ctypes.Structure):
-        _fields_ = (("msg_hdr", Msghdr), ("msg_len", ctypes.c_uint))
-
-    return Mmsghdr
-
-
-_InMmsghdr = _mmsghdr(_Iovec)
-_OutMmsghdr = _mmsghdr(_OutIovec)
 
 _libc: ctypes.CDLL | None
 try:
@@ -152,7 +147,7 @@ class _RecvArea:
         self.bufs = ctypes.create_string_buffer(size * batch)
         self.names = ctypes.create_string_buffer(_NAME_LEN * batch)
         self.control = ctypes.create_string_buffer(_CONTROL_SPACE * batch if pktinfo else 1)
-        self.headers = (_InMmsghdr * batch)()
+        self.headers = (_Mmsghdr * batch)()
         self.iovs = (_Iovec * batch)()
         base = ctypes.addressof(self.bufs)
         names = ctypes.addressof(self.names)
@@ -174,6 +169,31 @@ class _RecvArea:
         self.control_view = memoryview(self.control).cast("B")
 
 
+class _SendArea:
+    """Send buffers and headers, shared like ``_RecvArea``: ``send`` copies each datagram
+    into its slot (a memcpy costs less than pointing ctypes at the bytes object)."""
+
+    def __init__(self, batch: int) -> None:
+        size = _MAX_UDP
+        self.bufs = ctypes.create_string_buffer(size * batch)
+        self.headers = (_Mmsghdr * batch)()
+        self.iovs = (_Iovec * batch)()
+        base = ctypes.addressof(self.bufs)
+        self.slots = [i * size for i in range(batch)]
+        self.iov_at = [
+            ctypes.addressof(self.iovs) + i * ctypes.sizeof(_Iovec) for i in range(batch)
+        ]
+        for i in range(batch):
+            self.iovs[i].iov_base = base + i * size
+            hdr = self.headers[i].msg_hdr
+            hdr.msg_iov = ctypes.pointer(self.iovs[i])
+            hdr.msg_iovlen = 1
+        self.heads_view = memoryview(self.headers).cast("B")
+        self.iovs_view = memoryview(self.iovs).cast("B")
+        self.bufs_view = memoryview(self.bufs).cast("B")
+
+
+_SEND_AREAS: dict[int, _SendArea] = {}
 _AREAS: dict[tuple[int, int, bool], _RecvArea] = {}
 
 
@@ -200,13 +220,13 @@ class MmsgSocket:
         self._names_view = area.names_view
         self._bufs_view = area.bufs_view
         self._control_view = area.control_view
-        self._out = (_OutMmsghdr * batch)()
-        self._out_iov = (_OutIovec * batch)()
-        for i in range(batch):
-            self._out[i].msg_hdr.msg_iov = ctypes.pointer(self._out_iov[i])
-            self._out[i].msg_hdr.msg_iovlen = 1
+        send_area = _SEND_AREAS.get(batch)
+        if send_area is None:
+            send_area = _SEND_AREAS[batch] = _SendArea(batch)
+        self._send_area = send_area
         self._sources: dict[bytes, tuple[str, int]] = {}
-        self._dests: dict[tuple[str, int], ctypes.Array[ctypes.c_char]] = {}
+        # destination -> (address of its sockaddr, its length, the buffer holding it)
+        self._dests: dict[tuple[str, int], tuple[int, int, ctypes.Array[ctypes.c_char]]] = {}
         self.pktinfo = pktinfo
         self.locals: list[bytes] = []
         self._controls: dict[bytes, ctypes.Array[ctypes.c_char]] = {}
@@ -287,47 +307,48 @@ class MmsgSocket:
         """Send up to ``batch`` datagrams at a time; the number sent. A datagram the kernel
         refuses (no buffer space, unreachable) ends the call: the rest is not sent.
         ``locals_[i]``, if given and not empty, is the packed source address of datagram i."""
-        sent = 0
+        area = self._send_area
+        heads = area.heads_view
+        iovs = area.iovs_view
+        bufs = area.bufs_view
+        slots = area.slots
+        iov_at = area.iov_at
         dests = self._dests
-        msgs = self._out
-        iovs = self._out_iov
-        while sent < len(items):
+        sent = 0
+        stop = False
+        while sent < len(items) and not stop:
             chunk = items[sent : sent + self.batch]
-            names = []  # alive until the call returns, whatever happens to the caches
+            keep: list[object] = []  # alive until the call returns, whatever the caches do
             for i, (data, addr) in enumerate(chunk):
-                hdr = msgs[i].msg_hdr
-                if locals_ is not None:
-                    local = locals_[sent + i]
-                    if local:
-                        control = self._control_for(local)
-                        names.append(control)
-                        hdr.msg_control = ctypes.addressof(control)
-                        hdr.msg_controllen = len(control)
-                    else:
-                        hdr.msg_control = None
-                        hdr.msg_controllen = 0
-                name = dests.get(addr)
-                if name is None:
+                n = len(data)
+                if n > _MAX_UDP:  # EMSGSIZE: send what comes before it, then stop
+                    chunk = chunk[:i]
+                    stop = True
+                    break
+                dest = dests.get(addr)
+                if dest is None:
                     raw = _encode_sockaddr(self.family, addr)
-                    name = ctypes.create_string_buffer(raw, len(raw))
+                    buf = ctypes.create_string_buffer(raw, len(raw))
+                    dest = (ctypes.addressof(buf), len(raw), buf)
                     if len(dests) >= _CACHE_MAX:
                         dests.clear()
-                    dests[addr] = name
-                names.append(name)
-                hdr.msg_name = ctypes.addressof(name)
-                hdr.msg_namelen = len(name)
-                iov = iovs[i]
-                iov.iov_base = data
-                iov.iov_len = len(data)
-            n = _sendmmsg(self._fd, msgs, len(chunk), 0)
-            if n <= 0:
-                break
-            sent += n
-            if n < len(chunk):
-                break
-        for i in range(min(len(items), self.batch)):
-            iovs[i].iov_base = None  # drop the references to the data
-            if locals_ is not None:
-                msgs[i].msg_hdr.msg_control = None
-                msgs[i].msg_hdr.msg_controllen = 0
+                    dests[addr] = dest
+                keep.append(dest)
+                control = 0
+                controllen = 0
+                if locals_ is not None and locals_[sent + i]:
+                    cbuf = self._control_for(locals_[sent + i])
+                    keep.append(cbuf)
+                    control = ctypes.addressof(cbuf)
+                    controllen = len(cbuf)
+                at = slots[i]
+                bufs[at : at + n] = data
+                _OUT_HEAD.pack_into(
+                    heads, i * _HEAD.size, dest[0], dest[1], iov_at[i], 1, control, controllen
+                )
+                _IOV_LEN.pack_into(iovs, i * 16 + 8, n)
+            n = _sendmmsg(self._fd, area.headers, len(chunk), 0) if chunk else 0
+            if n < len(chunk) or n <= 0:
+                stop = True
+            sent += max(n, 0)
         return sent
