@@ -266,3 +266,22 @@ def test_mutated_requests_agree(seed: bytes, data: st.DataObject) -> None:
             del buf[pos]
     for responder in RESPONDERS:
         differential(bytes(buf), responder=responder)
+
+
+@pytest.mark.parametrize(
+    ("via", "fast"),
+    [
+        (b"SIP/2.0/UDP h:65535;branch=z9hG4bK1;rport", True),
+        (b"SIP/2.0/UDP h:65536;branch=z9hG4bK1;rport", False),
+        (b"SIP/2.0/UDP h:6553;branch=z9hG4bK1;rport", True),
+        (b"SIP/2.0/UDP h;received=192.0.2.1;branch=z9hG4bK1;rport", True),
+        (b"SIP/2.0/UDP h;rport=9;branch=z9hG4bK1;rport", True),
+        (b"SIP/2.0/UDP h;branch=z9hG4bK1;RPORT", True),
+        (b"SIP/2.0/UDP h;branch=z9hG4bK1;rport=", False),
+        (b"SIP/2.0/UDP h;branch=z9hG4bK1;xrport", True),
+        (b"SIP/2.0/UDP h;rport;branch=z9hG4bK1;Received=x", True),
+    ],
+)
+def test_via_ports_and_routing_parameters(via: bytes, fast: bool) -> None:
+    data = SIPP.replace(b"SIP/2.0/UDP 127.0.0.1:7460;branch=z9hG4bK-4077-1-0;rport", via)
+    assert differential(data) == fast

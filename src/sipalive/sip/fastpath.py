@@ -35,8 +35,10 @@ _T = re.escape(_TOKEN)
 _VALUE = rb"[!#-+\--:<-~]+"
 _BARE_VALUE = rb"[!#-+\--:=-~]+"
 _PARAMS = rb"(?:;[" + _T + rb"]+(?:=" + _VALUE + rb")?)*"
+# 1-65535 without leading zeros (the full path writes the port back as a number)
+_PORT = rb"[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]"
 _VIA = re.compile(
-    rb"SIP/2\.0/([A-Za-z0-9]+) ([A-Za-z0-9._-]+(?::([1-9][0-9]{0,4}))?)(" + _PARAMS + rb")"
+    rb"SIP/2\.0/([A-Za-z0-9]+) ([A-Za-z0-9._-]+(?::(" + _PORT + rb"))?)(" + _PARAMS + rb")"
 )
 _NAME_ADDR = re.compile(
     rb'(?:"[ !#-\[\]-~]*" *|[' + _T + rb" ]*)<[!-=?-~]+>(" + _PARAMS + rb")"
@@ -199,7 +201,7 @@ class OptionsFastPath:
                     value = value.strip(b" ")
                     if kind == _VIA_K:
                         via = _VIA.fullmatch(value)
-                        if via is None or (via[3] is not None and int(via[3]) > 65535):
+                        if via is None:
                             return None
                         vias.append(via)
                         continue
@@ -243,7 +245,9 @@ class OptionsFastPath:
             copied[to_at] += b";tag=" + self._to_tag(call_id, from_tag or b"")
         top = vias[0]
         params, rport = top[4], False
-        if b";" in params:
+        if params.endswith(b";rport") and not _ROUTING.search(params, 0, len(params) - 6):
+            params, rport = params[:-6], True  # SIPp's Via: one rport, last
+        elif b";" in params:
             params, n = _ROUTING.subn(b"", params)
             rport = n > 0 and _RPORT.search(top[4]) is not None
         if rport:
@@ -255,7 +259,8 @@ class OptionsFastPath:
             params += b";received=" + source[0].encode("ascii")
             addr = (source[0], int(top[3]) if top[3] is not None else 5060)
         out = [self._status_line, b"Via: SIP/2.0/" + top[1].upper() + b" " + top[2] + params]
-        out.extend(b"Via: " + via[0] for via in vias[1:])
+        if len(vias) > 1:
+            out.extend(b"Via: " + via[0] for via in vias[1:])
         out.extend(copied)
         out.append(self._tail)
         return b"\r\n".join(out), addr
