@@ -9,15 +9,17 @@ at tens of thousands of datagrams a second the per-call cost is a large share of
     sent = batch.send([(reply, addr), ...])  # how many went out; stops at the first error
 
 Addresses are ``(host, port)`` as ``socket.recvfrom`` gives them, without the IPv6 flow
-information (an IPv6 link-local source keeps its ``%scope``).
+information (an IPv6 link-local source keeps its ``%scope``). A datagram longer than
+``max_size`` comes back cut to ``max_size + 1`` octets, so the caller sees that it was too
+long. :func:`available` says whether the C library has the calls (else use the socket).
+The objects of a process share their buffers (one 4 MiB area, not one per socket): use them
+from one thread; the socket may be blocking or not (the calls never wait).
 
 On a socket bound to a wildcard address, ``pktinfo=True`` (IP_PKTINFO, IPV6_RECVPKTINFO)
 tells which local address each datagram was sent to: after ``recv``, ``batch.locals[i]`` is
-the packed address (4 or 16 octets) of datagram i, and ``send(items, locals)`` sends each
+the packed address (4 or 16 octets) of datagram i, and ``send(items, locals_)`` sends each
 datagram from the given packed address (RFC 3261 §18.2.2 wants an answer to come from the
-address the request reached). A datagram longer than
-``max_size`` comes back cut to ``max_size + 1`` octets, so the caller sees that it was too
-long. :func:`available` says whether the C library has the calls (else use the socket).
+address the request reached).
 """
 
 from __future__ import annotations
@@ -347,7 +349,7 @@ class MmsgSocket:
                     heads, i * _HEAD.size, dest[0], dest[1], iov_at[i], 1, control, controllen
                 )
                 _IOV_LEN.pack_into(iovs, i * 16 + 8, n)
-            n = _sendmmsg(self._fd, area.headers, len(chunk), 0) if chunk else 0
+            n = _sendmmsg(self._fd, area.headers, len(chunk), _MSG_DONTWAIT) if chunk else 0
             if n < len(chunk) or n <= 0:
                 stop = True
             sent += max(n, 0)
