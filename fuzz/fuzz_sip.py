@@ -1,6 +1,7 @@
 """Coverage-guided fuzzing of the SIP parser and the stream framer (atheris / libFuzzer).
 
 Invariant (STYLE habit 5): any input parses, or raises our ParseError; nothing else, ever.
+And the responder's OPTIONS fast path, whenever it answers, answers exactly as the full path.
 Run: ``.venv/bin/python fuzz/fuzz_sip.py -max_total_time=60 tests/data/rfc4475``
 (the RFC 4475 corpus seeds it; libFuzzer flags after the script name).
 """
@@ -26,7 +27,11 @@ def test_one_input(data: bytes) -> None:
     except ParseError:
         pass
     # the responder must answer or drop, never raise
-    RESPONDER.handle_datagram(data, ("192.0.2.1", 5060))
+    full = RESPONDER.handle_datagram(data, ("192.0.2.1", 5060))
+    fast = RESPONDER.fast.answer(data, ("192.0.2.1", 5060))
+    if fast is not None:
+        assert full is not None, data
+        assert fast == (full.data, full.addr), (data, fast, full)
     for role in (Role.SERVER, Role.CLIENT):
         framer = StreamFramer(role, max_message=2048)
         half = len(data) // 2

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from test_fastpath import CLIENTS
+
 ROOT = Path(__file__).parent.parent
 
 
@@ -19,6 +21,8 @@ def test_fuzz_target_runs_clean(tmp_path: Path) -> None:
     corpus.mkdir()
     for seed in (ROOT / "tests" / "data" / "rfc4475").glob("*.dat"):
         (corpus / seed.name).write_bytes(seed.read_bytes())
+    for name, request in CLIENTS.items():  # seeds that reach the responder's fast path
+        (corpus / f"client-{name}.dat").write_bytes(request)
     r = subprocess.run(
         [sys.executable, str(ROOT / "fuzz" / "fuzz_sip.py"), f"-max_total_time={seconds}",
          "-rss_limit_mb=1024", "-max_len=4096", str(corpus)],

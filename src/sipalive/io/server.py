@@ -15,9 +15,10 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 from sipalive.errors import ParseError
+from sipalive.io import mmsg
 from sipalive.io.limits import Admission
 from sipalive.io.natlife import DelayedStunServer
 from sipalive.sip.framing import MessageReceived, PingReceived, Role, StreamFramer
@@ -88,24 +89,36 @@ class UdpServerProtocol(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)  # uvloop's are not subclasses
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
+        fast = self.answer(data, (str(addr[0]), int(str(addr[1]))))
+        if fast is not None:
+            assert self.transport is not None
+            self.transport.sendto(*fast)
+
+    def answer(self, data: bytes, source: tuple[str, int]) -> tuple[bytes, tuple[str, int]] | None:
+        """Handle one datagram. A plain OPTIONS's 200 is returned for the caller to send (in a
+        batch); anything else is answered (or not) through ``self.transport`` here."""
         lst = self.listener
-        source = (str(addr[0]), int(str(addr[1])))
-        if not lst.admission.admit(source[0], time.monotonic()):
+        adm = lst.admission
+        if (adm.allow or adm.rate is not None) and not adm.admit(source[0], time.monotonic()):
             lst.stats.dropped += 1
-            return
+            return None
         if lst.hook is not None and lst.hook.on_datagram(data, source, self):
-            return
+            return None
         lst.stats.requests += 1
+        fast = lst.responder.fast.answer(data, source)
+        if fast is not None:
+            lst.stats.answered += 1
+            return fast
         if (
             lst.responder.config.stun
             and self.transport is not None
             and lst.delayed.receive(data, source, self.transport)
         ):
             lst.stats.stun += 1  # a SIPALIVE-DELAY request: answered now or scheduled
-            return
+            return None
         reply = lst.responder.handle_datagram(data, source)
         if reply is None:
-            return
+            return None
         if reply.error is not None:
             lst.stats.client_errors += 1
             lst.log(f"udp {source[0]}:{source[1]}: {reply.status} ({reply.error})")
@@ -117,9 +130,97 @@ class UdpServerProtocol(asyncio.DatagramProtocol):
         assert self.transport is not None
         self.transport.sendto(reply.data, reply.addr)
         lst.stats.answered += 1
+        return None
 
     def error_received(self, exc: Exception) -> None:
         pass  # ICMP errors for our answers are the client's problem; nothing to fail here
+
+
+class BatchedUdpTransport(asyncio.DatagramTransport):
+    """A UDP listener's socket read and written in batches (:mod:`sipalive.io.mmsg`): one
+    recvmmsg per readable event takes what is queued, the fast path's answers leave in one
+    sendmmsg. It offers what the protocol and the registrar use of an asyncio datagram
+    transport (``sendto``, ``is_closing``, ``close``, ``get_extra_info``, ``get_protocol``).
+
+    On a wildcard address (0.0.0.0, ::) every answer leaves from the address its request was
+    sent to (IP_PKTINFO: RFC 3261 §18.2.2, RFC 3581 §4), not from the kernel's choice."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, sock: socket.socket, protocol: UdpServerProtocol
+    ) -> None:
+        super().__init__()
+        sock.setblocking(False)
+        self._loop = loop
+        self._sock = sock
+        self._protocol = protocol
+        wildcard = sock.getsockname()[0] in ("0.0.0.0", "::")
+        self._batch = mmsg.MmsgSocket(
+            sock,
+            batch=64,
+            max_size=protocol.listener.responder.config.max_message,
+            pktinfo=wildcard,
+        )
+        self._local = b""  # where the datagram being handled was sent to (wildcard only)
+        self._closing = False
+        protocol.connection_made(self)
+        loop.add_reader(sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        answer = self._protocol.answer
+        batch = self._batch
+        out: list[tuple[bytes, tuple[str, int]]] = []
+        items = batch.recv()
+        if not batch.pktinfo:
+            for data, source in items:
+                fast = answer(data, source)
+                if fast is not None:
+                    out.append(fast)
+            if out and not self._closing:
+                batch.send(out)  # what the kernel refuses is lost, as a datagram may be
+            return
+        out_locals: list[bytes] = []
+        for (data, source), local in zip(items, batch.locals, strict=True):
+            self._local = local
+            fast = answer(data, source)
+            if fast is not None:
+                out.append(fast)
+                out_locals.append(local)
+        self._local = b""
+        if out and not self._closing:
+            batch.send(out, out_locals)
+
+    def sendto(self, data: bytes | bytearray | memoryview, addr: Any = None) -> None:
+        if self._closing:
+            return
+        try:
+            if self._local:
+                self._sock.sendmsg([data], [mmsg.pktinfo(self._local)], 0, addr)
+            else:
+                self._sock.sendto(data, addr)
+        except OSError:
+            pass  # full buffer or ICMP error: UDP delivers at most once anyway
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        if not self._closing:
+            self._closing = True
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "sockname":
+            return self._sock.getsockname()
+        if name == "socket":
+            return self._sock
+        return default
+
+    def get_protocol(self) -> UdpServerProtocol:
+        return self._protocol
+
+    def abort(self) -> None:
+        self.close()
 
 
 class StreamServerProtocol(asyncio.Protocol):
@@ -220,6 +321,7 @@ async def start_listeners(
     tls_context: ssl.SSLContext | None = None,
     reuse_port: bool = False,
     rcvbuf: int | None = None,
+    batched: bool = True,
 ) -> list[asyncio.BaseTransport | asyncio.Server]:
     loop = asyncio.get_running_loop()
     opened: list[asyncio.BaseTransport | asyncio.Server] = []
@@ -232,6 +334,9 @@ async def start_listeners(
             if rcvbuf:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
             sock.bind((spec.host, spec.port))
+            if batched and mmsg.available():
+                opened.append(BatchedUdpTransport(loop, sock, UdpServerProtocol(listener)))
+                continue
             transport, _ = await loop.create_datagram_endpoint(
                 lambda: UdpServerProtocol(listener), sock=sock
             )

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from sipalive.errors import ParseError
+from sipalive.sip.fastpath import OptionsFastPath
 from sipalive.sip.grammar import format_params, split_top_level
 from sipalive.sip.headers import header_key
 from sipalive.sip.message import DEFAULT_MAX_MESSAGE, Request, Response, parse_message
@@ -88,13 +89,22 @@ class StatelessResponder:
         allow = ", ".join(dict.fromkeys((*self.config.allow, "OPTIONS")))
         self._allow = allow
         self._allowed = frozenset(m.upper() for m in self.config.allow) | {"OPTIONS"}
+        self._tag_hash = hashlib.blake2s(digest_size=6, key=self.config.tag_key[:32])
         server = f"Server: {self.config.server}\r\n" if self.config.server else ""
         self._trailer = f"{server}Content-Length: 0\r\n\r\n"
+        tail = "\r\n".join([*(f"{n}: {v}" for n, v in self._extra_200()), self._trailer])
+        self.fast = OptionsFastPath(
+            f"SIP/2.0 200 {self.config.reason or REASONS[200]}".encode("utf-8", "surrogateescape"),
+            tail.encode("utf-8", "surrogateescape"),
+            self.tag,
+            self.config.max_message,
+        )
 
     # -- entry points ---------------------------------------------------------------------
 
     def handle_datagram(self, data: bytes, source: tuple[str, int]) -> Reply | None:
-        """One UDP datagram from ``source``: a reply to send, or None."""
+        """One UDP datagram from ``source``: a reply to send, or None. A caller that only needs
+        the octets tries ``self.fast.answer`` first (the same answer to a plain OPTIONS)."""
         if not data:
             return None
         first = data[0]
@@ -133,13 +143,16 @@ class StatelessResponder:
             return Reply(reply.data, reply.addr, reply.kind, 400, req.method, exc.reason)
         if required:
             return self._reply(req, 420, source, transport, [("Unsupported", ", ".join(required))])
+        return self._reply(req, 200, source, transport, self._extra_200(), self.config.reason)
+
+    def _extra_200(self) -> list[tuple[str, str]]:
         extra: list[tuple[str, str]] = [("Allow", self._allow)]
         if self.config.accept:
             extra.append(("Accept", self.config.accept))
         if self.config.supported:
             extra.append(("Supported", ", ".join(self.config.supported)))
         extra.extend(self.config.extra_200)
-        return self._reply(req, 200, source, transport, extra, reason=self.config.reason)
+        return extra
 
     def bad_request(
         self, data: bytes, exc: ParseError, source: tuple[str, int], transport: str
@@ -177,13 +190,19 @@ class StatelessResponder:
         out = stun.binding_success(msg.transaction_id, source, software=self.config.server)
         return Reply(out, source, ReplyKind.STUN)
 
+    def tag(self, call_id: bytes, from_tag: bytes) -> bytes:
+        """The To-tag of an answer (§8.2.6.2): a stateless UAS derives it from the request,
+        so a retransmission gets the same tag (no state kept, nothing random)."""
+        h = self._tag_hash.copy()
+        h.update(call_id)
+        h.update(from_tag)
+        return h.hexdigest().encode("ascii")
+
     def _to_tag(self, req: Request) -> str:
-        # §8.2.6.2: a stateless UAS derives the tag from the request, so a retransmission
-        # gets the same tag (no state kept, nothing random).
-        h = hashlib.blake2s(digest_size=6, key=self.config.tag_key[:32])
-        h.update(req.call_id.encode("utf-8", "surrogateescape"))
-        h.update((req.from_.tag or "").encode("utf-8", "surrogateescape"))
-        return h.hexdigest()
+        return self.tag(
+            req.call_id.encode("utf-8", "surrogateescape"),
+            (req.from_.tag or "").encode("utf-8", "surrogateescape"),
+        ).decode("ascii")
 
     def _reply(
         self,
