@@ -542,8 +542,12 @@ class MonitorEngine:
             timers=self._timers(rt.settings, deadline, started),
         )
         # a callback rather than a future: no Future, no loop Handle per probe
+        # only a challenge's response is read (_done): any other final need not be parsed
         self._driver.begin(
-            txn, rt.flow, lambda result: self._done(rt, result, deadline, started, authorization)
+            txn,
+            rt.flow,
+            lambda result: self._done(rt, result, deadline, started, authorization),
+            needs_response=_CHALLENGES,
         )
 
     def _auth_request(
@@ -982,6 +986,7 @@ class MonitorEngine:
 
 
 _MODULES = ("udp", "tcp", "tls", "ws", "wss")
+_CHALLENGES = frozenset((401, 407))
 
 
 def _supported(transport: str | None) -> tuple[str, ...]:
