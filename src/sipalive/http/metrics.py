@@ -31,6 +31,9 @@ formatted at all: the target names of one state are joined with a separator that
 line and opens the next, a single C-level ``str.join`` per (family, state). RTTs are written
 with ``:.6f`` (microseconds), three times cheaper than ``repr``. The format wants each family
 in one group, so each family keeps its own list of pieces and they are concatenated at the end.
+The monitor's ``/metrics`` passes a :class:`LineCache`: the RTT and counter lines of a target
+whose sample has not changed since the last scrape are sliced out of the last render instead
+(by runs), so a scrape formats only the targets probed since the previous one.
 
 Not blocking the loop. :func:`render_metrics` reads ``view.samples()`` (which the engine builds
 as they are read, a tuple per target) and formats them in chunks of :data:`CHUNK` targets,
