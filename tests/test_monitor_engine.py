@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import operator
 import socket
 import time
 from pathlib import Path
@@ -119,6 +120,14 @@ async def _scenario(tmp_path: Path) -> None:
                 assert list(engine.samples()) == full
                 assert engine.samples()[1:3] == full[1:3]
                 assert engine.samples()[-1] == full[-1]
+                # no await in between, nothing changed: the very same objects (/metrics' cache)
+                assert all(map(operator.is_, engine.samples(), engine.samples()))
+                rt = engine.runtimes["alive-udp"]
+                before = {t.name: t for t in engine.samples()}["alive-udp"]
+                rt.q.version += 1  # what on_probe_result and the others do
+                after = {t.name: t for t in engine.samples()}["alive-udp"]
+                assert after is not before
+                assert after == before
                 assert views["alive-udp"].rtt_s is not None
                 assert 0 < views["alive-udp"].rtt_s < 0.1
                 assert views["closed"].last_error == "ICMP port unreachable"

@@ -68,13 +68,17 @@ def test_rejected_code_is_a_failure_in_the_ring() -> None:
 
 def test_flow_failure_and_reload_are_recorded() -> None:
     target = QualifyTarget("edge", QualifySettings(recover_threshold=2))
+    assert target.version == 0
     target.on_probe_result(ok(0.01), 0.0)
+    assert target.version == 1  # every change moves the version (a cache key for /metrics)
     assert target.on_flow_failed(5.0) == Transition(5.0, R, X, "flow-failed")
     assert target.on_flow_failed(6.0) is None
+    assert target.version == 3
     off = QualifySettings(qualify_frequency=0)
     assert target.update_settings(off, 7.0) == Transition(
         7.0, X, QualifyState.NONQUALIFIED, "config"
     )
+    assert target.version == 4
     assert target.settings is off
     assert target.next_interval() == 0.0
     assert target.on_probe_result(ok(0.01), 8.0) is None

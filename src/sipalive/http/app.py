@@ -60,7 +60,7 @@ import hmac
 import math
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import msgspec
@@ -70,7 +70,7 @@ from multidict import CIMultiDict
 from sipalive import clock
 from sipalive.errors import ParseError
 from sipalive.http import page
-from sipalive.http.metrics import CHUNK, CONTENT_TYPE, render_metrics, render_probe
+from sipalive.http.metrics import CHUNK, CONTENT_TYPE, LineCache, render_metrics, render_probe
 from sipalive.http.view import (
     STATES,
     ContactView,
@@ -104,9 +104,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @dataclass(slots=True)
 class Scrapes:
-    """What one ``/metrics`` remembers for the next: how long it took."""
+    """What one ``/metrics`` remembers for the next: how long it took, the lines it wrote."""
 
     last_render_s: float | None = None
+    lines: LineCache = field(default_factory=LineCache)
 
 
 SCRAPES = web.AppKey("scrapes", Scrapes)
@@ -426,7 +427,9 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
 async def metrics(request: web.Request) -> web.StreamResponse:
     scrapes = request.app[SCRAPES]
     start = clock.monotonic()
-    pieces = await render_metrics(request.app[VIEW], previous_render_s=scrapes.last_render_s)
+    pieces = await render_metrics(
+        request.app[VIEW], previous_render_s=scrapes.last_render_s, cache=scrapes.lines
+    )
     scrapes.last_render_s = clock.monotonic() - start
     return await stream(request, pieces, CONTENT_TYPE)
 

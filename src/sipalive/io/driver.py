@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from typing import Protocol
 
 from sipalive import clock
@@ -49,7 +49,7 @@ def _accepts(flow: Flow, source: tuple[str, int]) -> bool:
 
 
 class _Pending:
-    __slots__ = ("flow", "on_done", "on_provisional", "txn")
+    __slots__ = ("flow", "needs", "on_done", "on_provisional", "txn")
 
     def __init__(
         self,
@@ -57,11 +57,13 @@ class _Pending:
         flow: Flow,
         on_done: Callable[[TransactionResult], None],
         on_provisional: Callable[[Response], None] | None,
+        needs: Container[int] | None,
     ) -> None:
         self.txn = txn
         self.flow = flow
         self.on_done = on_done
         self.on_provisional = on_provisional
+        self.needs = needs
 
 
 class TransactionDriver:
@@ -103,12 +105,18 @@ class TransactionDriver:
         flow: Flow,
         on_done: Callable[[TransactionResult], None],
         on_provisional: Callable[[Response], None] | None = None,
+        needs_response: Container[int] | None = None,
     ) -> None:
         """:meth:`start` without a future, for the monitor's thousands of probes a second:
         ``on_done(result)`` is called once, from within the call that completes the
         transaction (a response, a timer, a transport error; even ``begin`` itself if the
-        first send fails), so it must not expect to run after the caller of ``begin``."""
-        pending = _Pending(txn, flow, on_done, on_provisional)
+        first send fails), so it must not expect to run after the caller of ``begin``.
+
+        ``needs_response``: the final statuses whose parsed response the caller reads
+        (``result.response``); for any other final status an endpoint that peeks
+        (:meth:`on_peek`) may complete the transaction without parsing, and
+        ``result.response`` is then None. None: every final is parsed."""
+        pending = _Pending(txn, flow, on_done, on_provisional, needs_response)
         now = clock.monotonic()
         self._expire(now)
         key = txn.key()
@@ -134,6 +142,29 @@ class TransactionDriver:
             self.unmatched += 1
             return False
         self._apply(pending, pending.txn.receive_response(response, now))
+        return True
+
+    def on_peek(
+        self, branch: str, method: str, status: int, reason: str, source: tuple[str, int]
+    ) -> bool | None:
+        """A response seen through sip/peek.py (the values ``parse_message`` would give):
+        what :meth:`on_response` would return, or None if the transaction wants the parsed
+        response (a provisional, a status its caller reads): parse it and call that."""
+        key = (branch, method)
+        pending = self._pending.get(key)
+        now = clock.monotonic()
+        if pending is None:
+            if self._absorbs(key, source, now):
+                return True
+            self.unmatched += 1
+            return False
+        if not _accepts(pending.flow, source):
+            self.unmatched += 1
+            return False
+        needs = pending.needs
+        if needs is None or status < 200 or status in needs:
+            return None
+        self._apply(pending, pending.txn.receive_final(status, reason, now))
         return True
 
     def _absorbs(self, key: Key, source: tuple[str, int] | None, now: float) -> bool:

@@ -19,6 +19,7 @@ from typing import cast
 from sipalive.errors import ParseError, TransportError
 from sipalive.io.driver import TransactionDriver
 from sipalive.sip.message import Response, parse_message
+from sipalive.sip.peek import peek_datagram
 
 IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
 IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
@@ -106,6 +107,14 @@ class SharedUdpEndpoint(asyncio.DatagramProtocol):
             if self.on_other is not None:
                 self.on_other(data, source)  # STUN, keep-alive
             return
+        got = peek_datagram(data)
+        if got is not None:
+            # an ordinary final: matched without a full parse (~4 us instead of ~20)
+            matched = self.driver.on_peek(got[2], got[3], got[0], got[1], source)
+            if matched is not None:
+                if not matched:
+                    self.spoofed += 1
+                return
         try:
             message = parse_message(data)
         except ParseError:

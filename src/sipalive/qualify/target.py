@@ -36,7 +36,7 @@ DEFAULT_TARGET_MINUTES = 3
 class QualifyTarget:
     """Everything the qualify engine knows about one target."""
 
-    __slots__ = ("history", "minutes", "name", "peer", "rtt")
+    __slots__ = ("history", "minutes", "name", "peer", "rtt", "version")
 
     def __init__(
         self,
@@ -59,6 +59,9 @@ class QualifyTarget:
         self.rtt = RttEstimator(rtt_window)
         self.history = TargetHistory(transitions, failures) if keep_history else None
         self.minutes = RttMinuteAggregator(rtt_minutes) if keep_history else None
+        # bumped by every method that may change the state, the RTTs or the counters: what a
+        # reader that caches something derived from them (the monitor's /metrics) compares
+        self.version = 0
 
     @property
     def state(self) -> QualifyState:
@@ -79,6 +82,7 @@ class QualifyTarget:
         Ignored while NONQUALIFIED, as :meth:`PeerState.on_result` ignores it."""
         if self.peer.state is QualifyState.NONQUALIFIED:
             return None
+        self.version += 1
         outcome = ProbeOutcome.from_result(result)
         sample = self.rtt.add(result)
         if sample is not None and self.minutes is not None:
@@ -91,9 +95,11 @@ class QualifyTarget:
         self, now: float, cause: str = TransitionCause.FLOW_FAILED
     ) -> Transition | None:
         """The flow to the target failed (no CRLF pong): UNREACHABLE at once."""
+        self.version += 1
         return self._record(self.peer.force_unreachable(now, cause))
 
     def update_settings(self, settings: QualifySettings, now: float) -> Transition | None:
+        self.version += 1
         return self._record(self.peer.update_settings(settings, now))
 
     def _record(self, transition: Transition | None) -> Transition | None:

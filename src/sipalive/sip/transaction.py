@@ -104,9 +104,10 @@ class Cause:
 
 class TransactionResult(Record):
     """What the transaction user learns. ``status`` is 408 on timeout and 503 on a transport
-    error (RFC 3261 §8.1.3.1), then ``response`` is None. ``rtt_first`` runs from the first
-    transmission to the final response, ``rtt_last`` from the last one (Karn: ambiguous when
-    ``retransmits`` > 0)."""
+    error (RFC 3261 §8.1.3.1), then ``response`` is None; it is None too when the caller
+    matched the final response without parsing it (``receive_final``). ``rtt_first`` runs
+    from the first transmission to the final response, ``rtt_last`` from the last one (Karn:
+    ambiguous when ``retransmits`` > 0)."""
 
     __slots__ = (
         "cause",
@@ -321,9 +322,24 @@ class ClientTransaction:
                     # §17.1.2.2: in Proceeding, retransmit every T2
                     self._timer_e = max(self._last_sent + self.timers.t2, now)
             return [Provisional(response)]
+        return self._final(response.status, response.reason, response, now)
+
+    def receive_final(self, status: int, reason: str, now: float) -> list[Event]:
+        """``receive_response`` for a final response (200-699) the caller matched to this
+        transaction and did not parse (sip/peek.py): the same events, but the result's
+        ``response`` is None."""
+        if not 200 <= status <= 699:
+            raise LocalProtocolError(f"not a final status: {status}")
+        if self.state not in (TransactionState.TRYING, TransactionState.PROCEEDING):
+            return []  # COMPLETED absorbs retransmitted finals (§17.1.2.2)
+        return self._final(status, reason, None, now)
+
+    def _final(
+        self, status: int, reason: str, response: Response | None, now: float
+    ) -> list[Event]:
         self.result = TransactionResult(
-            status=response.status,
-            reason=response.reason,
+            status=status,
+            reason=reason,
             cause=Cause.RESPONSE,
             response=response,
             started=self._started,
