@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import random
 import signal
 import sqlite3
 import subprocess
@@ -341,8 +342,47 @@ def test_writer_probe_alone_wakes_the_writer(store: Store) -> None:
             break
         time.sleep(0.01)
     assert store.load_targets()["a"].probes == 3
-    assert store.rtt_series("a", 0, 600)[0].count == 1
+    assert store.rtt_series("a", 0, 600) == []  # its bucket is still open, in memory
+    assert writer.rtt_series(store, "a", 0, 600)[0].count == 1
     writer.close()
+    assert store.rtt_series("a", 0, 600)[0].count == 1
+
+
+def test_open_buckets_are_written_once_when_they_close(store: Store) -> None:
+    """Probe samples of a target's current bucket stay in memory; a sample of a later bucket
+    writes the earlier one as one row; readers see stored rows and the open bucket merged,
+    the same aggregates as ``write`` gives; barrier, flush and close write open buckets."""
+    writer = StoreWriter(store, flush_interval=0.01, probe_interval=0.01)
+    reference = Store(":memory:")
+    try:
+        rng = random.Random(7)
+        samples = []
+        for i in range(400):
+            name = f"t{rng.randrange(5)}"
+            bucket = 300 * (i // 100) + (-300 if rng.random() < 0.02 else 0)  # a few late
+            samples.append((name, float(max(0, bucket)), rng.uniform(0.001, 0.2)))
+        reference.add_rtt_samples(samples)
+        for sample in samples[:250]:
+            writer.probe(None, sample)
+        writer.add_transitions([tr("x", 1.0)]).result(timeout=5)  # a commit, no barrier
+        stored = {m.minute for k in range(5) for m in store.rtt_series(f"t{k}", 0, 3600)}
+        assert 10 not in stored and {0, 5} <= stored  # bucket 600 s still open; 0, 300 closed
+        seen = [writer.rtt_series(store, f"t{k}", 0, 3600) for k in range(5)]
+        want = [reference.rtt_series(f"t{k}", 0, 3600) for k in range(5)]
+        partial = Store(":memory:")
+        partial.add_rtt_samples(samples[:250])
+        assert seen == [partial.rtt_series(f"t{k}", 0, 3600) for k in range(5)]
+        assert writer.rtt_series(store, "t0", 0, 60) == partial.rtt_series("t0", 0, 60)
+        for sample in samples[250:]:
+            writer.probe(None, sample)
+        writer.flush(timeout=5)
+        assert [store.rtt_series(f"t{k}", 0, 3600) for k in range(5)] == want
+        assert [writer.rtt_series(store, f"t{k}", 0, 3600) for k in range(5)] == want
+        writer.probe(None, ("t0", 900.0, 0.5))
+        writer.close()
+        assert store.rtt_series("t0", 900, 960)[0].count == want[0][-1].count + 1
+    finally:
+        reference.close()
 
 
 def test_probe_rows_wait_longer_but_never_delay_a_write(store: Store) -> None:

@@ -639,7 +639,7 @@ class MonitorEngine:
         rtt = result.rtt_first
         sample = None
         if rtt is not None and result.retransmits == 0:
-            # stored in the row of its bucket (rtt_bucket): the store aggregates by minute
+            # stored in the row of its bucket (rtt_bucket), written once the bucket closes
             bucket = rtt_bucket(rt.q.settings.qualify_frequency)
             sample = (rt.name, wall - wall % bucket, rtt)
         if transition is not None:
@@ -889,7 +889,7 @@ class MonitorEngine:
     def rtt_series(self, name: str, since: float, until: float) -> list[RttMinuteView]:
         return [
             RttMinuteView(m.start, m.count, m.min, m.max, m.mean)
-            for m in self.store.rtt_series(name, since, until)
+            for m in self.writer.rtt_series(self.store, name, since, until)
         ]
 
     def stats(self) -> EngineStats:

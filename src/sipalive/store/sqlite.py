@@ -12,9 +12,11 @@ called from the writer thread and from ``asyncio.to_thread`` at once. The event 
 it directly for writes: it hands rows to :class:`StoreWriter`, which merges them in memory
 (target upserts coalesce by name, RTT samples fold into per-minute aggregates) and commits them
 in one transaction from its own thread. The monitor's per-probe rows come through
-:meth:`StoreWriter.probe` (no future, no wake-up per probe) and, alone, are committed once a
-second; it stamps each RTT sample with the start of its ``rtt_bucket`` (5 minutes for a
-target probed every 60 s), so that a row of ``rtt_minutes`` holds several probes.
+:meth:`StoreWriter.probe` (no future, no wake-up per probe) and, alone, are committed every
+5 seconds; it stamps each RTT sample with the start of its ``rtt_bucket`` (5 minutes for a
+target probed every 60 s), and the writer keeps each target's current bucket in memory until
+it closes, so that a row of ``rtt_minutes`` is inserted once with several probes (what a
+SIGKILL may lose is in :class:`StoreWriter`).
 
 Errors. A database that cannot be opened, is not SQLite, is corrupt or cannot be written raises
 :class:`~sipalive.errors.ConfigError` naming the path and SQLite's reason.
@@ -30,6 +32,7 @@ import logging
 import math
 import sqlite3
 import threading
+from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -227,6 +230,9 @@ def _aggregate(samples: Iterable[tuple[str, float, float]]) -> dict[tuple[str, i
     return out
 
 
+# A row of rtt_minutes: (target, minute, count, min, max, sum, sumsq).
+RttTuple = tuple[str, int, int, float, float, float, float]
+
 _TARGET_COLUMNS = (
     "name, uri, state, since, last_rtt, probes, successes, failures, consecutive, "
     "timeouts, transport_errors, rejected"
@@ -401,13 +407,21 @@ class Store:
 
     @staticmethod
     def _add_rtt_minutes(db: sqlite3.Connection, minutes: Iterable[RttMinute]) -> None:
+        Store._add_rtt_rows(
+            db, ((m.target, m.minute, m.count, m.min, m.max, m.sum, m.sumsq) for m in minutes)
+        )
+
+    @staticmethod
+    def _add_rtt_rows(db: sqlite3.Connection, rows: Iterable[RttTuple]) -> None:
+        """Add ``(target, minute, count, min, max, sum, sumsq)`` rows to the aggregates: a
+        row already stored for the same target and minute is merged with it."""
         db.executemany(
             "INSERT INTO rtt_minutes (target, minute, count, min, max, sum, sumsq) "
             "VALUES (?,?,?,?,?,?,?) ON CONFLICT (target, minute) DO UPDATE SET "
             "count = count + excluded.count, min = min(min, excluded.min), "
             "max = max(max, excluded.max), sum = sum + excluded.sum, "
             "sumsq = sumsq + excluded.sumsq",
-            ((m.target, m.minute, m.count, m.min, m.max, m.sum, m.sumsq) for m in minutes),
+            rows,
         )
 
     def rtt_series(self, name: str, since: float, until: float) -> list[RttMinute]:
@@ -558,11 +572,11 @@ class Store:
     # -- batches -----------------------------------------------------------------------------
 
     def _commit_batch(self, batch: _Batch) -> None:
-        batch.fold()
         with self._write("write batch") as db:
             self._upsert_targets(db, batch.targets.values())
             self._add_transitions(db, batch.transitions)
             self._add_rtt_minutes(db, batch.rtt.values())
+            self._add_rtt_rows(db, batch.closed)
             self._outbox_add(db, batch.outbox)
             self._mark_failed(db, batch.failed)
             self._mark_delivered(db, batch.delivered)
@@ -571,16 +585,19 @@ class Store:
 @dataclass(slots=True)
 class _Batch:
     """Writes waiting for the next commit; ``futures`` resolve once they are committed.
-    ``samples`` are raw ``(target, at, rtt)`` still to fold into ``rtt`` (at commit)."""
+    ``samples`` are the raw ``(target, at, rtt)`` of :meth:`StoreWriter.probe`, still to fold
+    into the writer's open buckets; ``closed`` the rows of the buckets that closed meanwhile."""
 
     targets: dict[str, TargetRow] = field(default_factory=dict)
     transitions: list[TransitionRow] = field(default_factory=list)
     rtt: dict[tuple[str, int], RttMinute] = field(default_factory=dict)
     samples: list[tuple[str, float, float]] = field(default_factory=list)
+    closed: list[RttTuple] = field(default_factory=list)
     outbox: list[OutboxRow] = field(default_factory=list)
     failed: list[tuple[str, str, float, float, str]] = field(default_factory=list)
     delivered: list[tuple[str, str, float]] = field(default_factory=list)
     futures: list[Future[None]] = field(default_factory=list)
+    close_open: bool = False
 
     def rows(self) -> int:
         return (
@@ -588,18 +605,11 @@ class _Batch:
             + len(self.transitions)
             + len(self.rtt)
             + len(self.samples)
+            + len(self.closed)
             + len(self.outbox)
             + len(self.failed)
             + len(self.delivered)
         )
-
-    def fold(self) -> None:
-        """Fold the raw samples into the per-minute aggregates: on the writer thread, not by
-        the event loop at every probe; a batch kept for a retry is then bounded again."""
-        for key, minute in _aggregate(self.samples).items():
-            old = self.rtt.get(key)
-            self.rtt[key] = minute if old is None else old.merged(minute)
-        self.samples = []
 
     def absorb(self, newer: _Batch) -> None:
         """Append ``newer`` after this batch: newer target rows win, RTT minutes add up."""
@@ -609,10 +619,106 @@ class _Batch:
             old = self.rtt.get(key)
             self.rtt[key] = minute if old is None else old.merged(minute)
         self.samples += newer.samples
+        self.closed += newer.closed
         self.outbox += newer.outbox
         self.failed += newer.failed
         self.delivered += newer.delivered
         self.futures += newer.futures
+        self.close_open = self.close_open or newer.close_open
+
+
+# An open bucket is written once this many minutes older than the newest sample seen, even if
+# its target sends no later one (removed, unreachable): RTT buckets are at most 15 minutes.
+_STALE_MINUTES = 30
+
+
+class _OpenBuckets:
+    """Each target's current RTT bucket, aggregated in memory until it closes: a row of
+    ``rtt_minutes`` is then written once per bucket, not updated at every probe.
+
+    One slot per target in flat arrays (no Python object per sample or bucket: ~60 bytes a
+    target). A sample in a later bucket than its target's open one closes it (its row goes
+    to ``closed``); a sample in an earlier bucket (a clock stepped back) is a row of its own,
+    which the upsert merges with the stored one.
+    """
+
+    __slots__ = ("count", "free", "hi", "latest", "lo", "minute", "slots", "sum", "sumsq")
+
+    def __init__(self) -> None:
+        self.slots: dict[str, int] = {}
+        self.free: list[int] = []
+        self.minute = array("q")
+        self.count = array("q")
+        self.lo = array("d")
+        self.hi = array("d")
+        self.sum = array("d")
+        self.sumsq = array("d")
+        self.latest = 0
+
+    def add(self, samples: Iterable[tuple[str, float, float]], closed: list[RttTuple]) -> None:
+        slots = self.slots
+        minutes, count, lo, hi, total, sumsq = (
+            self.minute,
+            self.count,
+            self.lo,
+            self.hi,
+            self.sum,
+            self.sumsq,
+        )
+        latest = self.latest
+        for target, at, rtt in samples:
+            minute = int(at // 60)
+            latest = max(latest, minute)
+            slot = slots.get(target)
+            if slot is not None:
+                open_minute = minutes[slot]
+                if minute == open_minute:
+                    count[slot] += 1
+                    lo[slot] = min(lo[slot], rtt)
+                    hi[slot] = max(hi[slot], rtt)
+                    total[slot] += rtt
+                    sumsq[slot] += rtt * rtt
+                    continue
+                if minute < open_minute:
+                    closed.append((target, minute, 1, rtt, rtt, rtt, rtt * rtt))
+                    continue
+                closed.append(self._row(target, slot))
+            elif self.free:
+                slot = slots[target] = self.free.pop()
+            else:
+                slot = slots[target] = len(minutes)
+                for column in (minutes, count, lo, hi, total, sumsq):
+                    column.append(0)
+            minutes[slot] = minute
+            count[slot] = 1
+            lo[slot] = hi[slot] = total[slot] = rtt
+            sumsq[slot] = rtt * rtt
+        self.latest = latest
+
+    def _row(self, target: str, slot: int) -> RttTuple:
+        return (
+            target,
+            self.minute[slot],
+            self.count[slot],
+            self.lo[slot],
+            self.hi[slot],
+            self.sum[slot],
+            self.sumsq[slot],
+        )
+
+    def get(self, target: str) -> RttMinute | None:
+        slot = self.slots.get(target)
+        return None if slot is None else RttMinute(*self._row(target, slot))
+
+    def close(self, before: int | None = None) -> list[RttTuple]:
+        """Close every bucket (``before`` None) or those of minutes before ``before``."""
+        rows = []
+        for target, slot in list(self.slots.items()):
+            if before is None or self.minute[slot] < before:
+                rows.append(self._row(target, slot))
+                del self.slots[target]
+                self.free.append(slot)
+        return rows
 
 
 class StoreWriter:
@@ -623,6 +729,16 @@ class StoreWriter:
     alone (which nobody waits for) after ``probe_interval`` seconds. Every write method returns a
     :class:`concurrent.futures.Future` that resolves once its rows are committed (await it
     with ``asyncio.wrap_future``); writes passed to one call are committed in one transaction.
+
+    The RTT samples of :meth:`probe` (the monitor's, stamped with the start of their bucket)
+    are aggregated in memory per target until its bucket closes (:class:`_OpenBuckets`): each
+    row of ``rtt_minutes`` is then inserted once, not updated at every probe. Open buckets are
+    written by :meth:`flush`, :meth:`barrier` and :meth:`close`; :meth:`rtt_series` reads the
+    stored rows with the open bucket merged in. What a SIGKILL loses, then: the open buckets
+    (at most one bucket of RTT samples per target: 5 minutes at ``qualify_frequency`` 60,
+    :func:`~sipalive.qualify.history.rtt_bucket`) and the last ``probe_interval`` seconds of
+    probe rows (counters, which are anyway written at most every 300 s per target); never a
+    transition or the target row written with it, which carry a future.
 
     Bounds: target upserts coalesce by name and RTT samples by (target, minute), so those grow
     with the number of targets, not with time. Everything else counts towards ``max_pending``
@@ -638,7 +754,7 @@ class StoreWriter:
         flush_interval: float = 0.1,
         flush_rows: int = 5000,
         max_pending: int = 1_000_000,
-        probe_interval: float = 1.0,
+        probe_interval: float = 5.0,
     ) -> None:
         self.store = store
         self.flush_interval = flush_interval
@@ -647,6 +763,9 @@ class StoreWriter:
         self.max_pending = max_pending
         self._cond = threading.Condition()
         self._pending = _Batch()
+        self._open = _OpenBuckets()
+        self._open_lock = threading.Lock()  # the writer thread folds, readers read
+        self._swept = 0  # _open.latest at the last sweep of stale buckets
         self._urgent = False
         self._closing = False
         self._error: ConfigError | None = None
@@ -665,18 +784,23 @@ class StoreWriter:
         urgent: bool = False,
     ) -> Future[None]:
         """Queue writes that commit together. ``urgent`` commits without waiting the interval."""
+        return self._queue(
+            _Batch(
+                targets={t.name: t for t in targets},
+                transitions=list(transitions),
+                rtt=_aggregate(rtt_samples),
+                outbox=list(outbox),
+                failed=list(failed),
+                delivered=list(delivered),
+            ),
+            urgent,
+        )
+
+    def _queue(self, batch: _Batch, urgent: bool) -> Future[None]:
         future: Future[None] = Future()
         # RUNNING: a caller's cancel() cannot race the writer thread's set_result().
         future.set_running_or_notify_cancel()
-        batch = _Batch(
-            targets={t.name: t for t in targets},
-            transitions=list(transitions),
-            rtt=_aggregate(rtt_samples),
-            outbox=list(outbox),
-            failed=list(failed),
-            delivered=list(delivered),
-            futures=[future],
-        )
+        batch.futures.append(future)
         with self._cond:
             if self._closing:
                 raise ConfigError(self.store.path, "the store writer is closed")
@@ -708,7 +832,8 @@ class StoreWriter:
                 pending.targets[row.name] = row
             if sample is not None:
                 pending.samples.append(sample)
-            if len(pending.samples) >= self.flush_rows:
+            # samples are only folded in memory (cheap): the bound is the list's size
+            if len(pending.samples) >= 10 * self.flush_rows:
                 self._urgent = True
                 self._cond.notify_all()
             elif first:
@@ -735,8 +860,25 @@ class StoreWriter:
         return self.write(failed=[(event_id, sink, now, next_attempt_at, error)])
 
     def barrier(self) -> Future[None]:
-        """A future that resolves once everything queued so far is committed, which is soon."""
-        return self.write(urgent=True)
+        """A future that resolves once everything queued so far is committed, which is soon,
+        the open RTT buckets included."""
+        return self._queue(_Batch(close_open=True), True)
+
+    def rtt_series(self, reader: Store, name: str, since: float, until: float) -> list[RttMinute]:
+        """``reader.rtt_series`` with ``name``'s open bucket merged in. A bucket that closes
+        while its row is being committed is missing from this answer only (milliseconds)."""
+        stored = reader.rtt_series(name, since, until)
+        with self._open_lock:
+            current = self._open.get(name)
+        if current is None or not int(since // 60) <= current.minute < math.ceil(until / 60):
+            return stored
+        kept = [m for m in stored if m.minute != current.minute]
+        for m in stored:
+            if m.minute == current.minute:
+                current = m.merged(current)
+        kept.append(current)
+        kept.sort(key=lambda m: m.minute)
+        return kept
 
     def flush(self, timeout: float | None = None) -> None:
         """Commit everything queued so far, blocking the caller (not for the event loop)."""
@@ -765,12 +907,27 @@ class StoreWriter:
                     break
                 self._cond.wait(remaining)
             batch, self._pending, self._urgent = self._pending, _Batch(), False
-            if not batch.futures and not batch.rows() and self._closing:
-                return None
+            if self._closing:
+                if not batch.futures and not batch.rows() and not self._open.slots:
+                    return None
+                batch.close_open = True
             return batch
+
+    def _fold(self, batch: _Batch) -> None:
+        """Fold the batch's probe samples into the open buckets, the buckets they close (and
+        stale ones, or all of them for a barrier) into the batch's rows."""
+        with self._open_lock:
+            self._open.add(batch.samples, batch.closed)
+            batch.samples = []
+            if batch.close_open:
+                batch.closed += self._open.close()
+            elif self._open.latest - self._swept >= 5:
+                self._swept = self._open.latest
+                batch.closed += self._open.close(self._swept - _STALE_MINUTES)
 
     def _run(self) -> None:
         while (batch := self._take()) is not None:
+            self._fold(batch)
             try:
                 self.store._commit_batch(batch)
             except ConfigError as exc:
