@@ -9,32 +9,18 @@ Run: ``.venv/bin/python fuzz/fuzz_peek.py -max_total_time=60 tests/data/rfc4475`
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import atheris
 
 with atheris.instrument_imports():
-    from sipalive.errors import ParseError
-    from sipalive.sip.framing import MessageReceived, Role, StreamFramer
+    from sipalive.sip.framing import Role, StreamFramer
     from sipalive.sip.message import Response, parse_message
     from sipalive.sip.peek import ResponseStream, peek_datagram
 
-
-def _stream(framer: ResponseStream | StreamFramer, chunks: list[bytes]) -> list[object]:
-    out: list[object] = []
-    for chunk in chunks:
-        try:
-            events = framer.receive(chunk)
-        except ParseError as exc:
-            return [*out, ("error", exc.status)]
-        for ev in events:
-            if isinstance(ev, tuple):
-                out.append(ev[:4])
-            elif isinstance(ev, MessageReceived) and isinstance(ev.message, Response):
-                m = ev.message
-                out.append((m.status, m.reason, m.branch, m.cseq.method))
-            else:
-                out.append(type(ev).__name__)
-    return out
+# the tests' comparison helper, imported after the instrumented modules it uses
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from framerevents import reader_events
 
 
 def test_one_input(data: bytes) -> None:
@@ -45,7 +31,8 @@ def test_one_input(data: bytes) -> None:
         assert got[:4] == (message.status, message.reason, message.branch, message.cseq.method)
     cut = len(data) // 3
     chunks = [data[:cut], data[cut:]]
-    assert _stream(ResponseStream(2048), chunks) == _stream(StreamFramer(Role.CLIENT, 2048), chunks)
+    fast, slow = ResponseStream(2048), StreamFramer(Role.CLIENT, 2048)
+    assert reader_events(chunks, fast) == reader_events(chunks, slow)
 
 
 def main() -> None:

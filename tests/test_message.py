@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mutate import mutate
 from sipalive.errors import ParseError
 from sipalive.sip.headers import Headers, parse_name_addr, parse_via_value
 from sipalive.sip.message import Request, Response, parse_message
@@ -240,19 +241,9 @@ def test_fuzz_random_bytes_parse_or_parse_error(data: bytes) -> None:
 @settings(max_examples=400)
 @given(st.sampled_from(CORPUS), st.data())
 def test_fuzz_mutated_corpus_parse_or_parse_error(seed: bytes, data: st.DataObject) -> None:
-    buf = bytearray(seed)
-    for _ in range(data.draw(st.integers(1, 8))):
-        pos = data.draw(st.integers(0, max(0, len(buf) - 1)))
-        op = data.draw(st.sampled_from(["flip", "insert", "delete"]))
-        byte = data.draw(st.sampled_from(list(b'\r\n :;,<>"\\=@\x00\xff9')))
-        if op == "flip" and buf:
-            buf[pos] = byte
-        elif op == "insert":
-            buf.insert(pos, byte)
-        elif buf:
-            del buf[pos]
+    mutated = mutate(seed, data, 8)
     try:
-        parse_message(bytes(buf))
+        parse_message(mutated)
     except ParseError:
         pass
 

@@ -13,8 +13,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from framerevents import reader_events
 from sipalive.errors import ParseError
-from sipalive.sip.framing import MessageReceived, Role, StreamFramer
+from sipalive.sip.framing import Role, StreamFramer
 from sipalive.sip.message import Response, parse_message
 from sipalive.sip.peek import ResponseStream, peek_datagram, peek_head
 from sipalive.sip.responder import ResponderConfig, StatelessResponder
@@ -185,28 +186,6 @@ def test_peek_never_raises(data: bytes) -> None:
     assert got is None or full(data) == got[:4]
 
 
-def _events(chunks: list[bytes], framer: ResponseStream | StreamFramer) -> list[object]:
-    """What a reader sees: responses as (status, reason, branch, method), other events by
-    type, a ParseError as its status; nothing after an error."""
-    out: list[object] = []
-    for chunk in chunks:
-        try:
-            events = framer.receive(chunk)
-        except ParseError as exc:
-            return [*out, ("error", exc.status)]
-        for ev in events:
-            if isinstance(ev, tuple):
-                out.append(ev[:4])
-            elif isinstance(ev, MessageReceived) and isinstance(ev.message, Response):
-                m = ev.message
-                out.append((m.status, m.reason, m.branch, m.cseq.method))
-            elif isinstance(ev, MessageReceived):
-                out.append(("request", ev.message.cseq.method))
-            else:
-                out.append(type(ev).__name__)
-    return out
-
-
 STREAM_PARTS = st.one_of(
     responses(),
     st.sampled_from(
@@ -227,8 +206,8 @@ def test_response_stream_is_the_stream_framer(
     data = b"".join(parts)
     bounds = sorted({min(c, len(data)) for c in cuts} | {0, len(data)})
     chunks = [data[a:b] for a, b in pairwise(bounds)]
-    fast = _events(chunks, ResponseStream(max_message))
-    slow = _events(chunks, StreamFramer(Role.CLIENT, max_message))
+    fast = reader_events(chunks, ResponseStream(max_message))
+    slow = reader_events(chunks, StreamFramer(Role.CLIENT, max_message))
     assert fast == slow
 
 
@@ -243,10 +222,12 @@ def test_response_stream_peeks_a_run_of_responses() -> None:
 def test_response_stream_waits_for_head_and_body(cut: int) -> None:
     data = KAMAILIO.replace(b"Content-Length: 0", b"Content-Length: 5") + b"hello" + SIPP
     chunks = [data[:cut], data[cut:]]
-    assert _events(chunks, ResponseStream()) == _events(chunks, StreamFramer(Role.CLIENT))
-    assert len(_events(chunks, ResponseStream())) == 2
+    assert reader_events(chunks, ResponseStream()) == reader_events(
+        chunks, StreamFramer(Role.CLIENT)
+    )
+    assert len(reader_events(chunks, ResponseStream())) == 2
 
 
 def test_response_stream_bounds_an_unterminated_head() -> None:
     chunks = [KAMAILIO[:200], KAMAILIO[200:-4]]
-    assert _events(chunks, ResponseStream(250)) == [("error", 413)]
+    assert reader_events(chunks, ResponseStream(250)) == [("error", 413)]
