@@ -18,9 +18,10 @@ Where the figures come from:
   LAG_RING / (N / frequency) seconds, and a scrape reads it BEFORE its own rendering. So a
   scrape taken more than that span after the previous HTTP call reads the lag of a quiet
   loop, and a scrape that follows another one at once reads the lag under scrapes.
-* /metrics time: curl's ``time_starttransfer`` (the engine renders the whole body before the
-  first byte) and ``time_total`` (the whole ~70 MB at 100k targets), and the engine's own
-  ``sipalive_metrics_render_seconds`` (the previous render).
+* /metrics time: curl's ``time_starttransfer`` (the engine walks every target, formatting
+  what changed, before the first byte; the rest is made as it is sent) and ``time_total`` (the
+  whole ~70 MB at 100k targets), and the engine's own ``sipalive_metrics_render_seconds``
+  (the previous scrape, from its start to its last byte written).
 * Loop stalls: a thread GETs ``/api/targets/t0`` (one small JSON object) every POLL_S; a
   request that takes long waited for the event loop, which was held by something else.
 """
@@ -344,7 +345,7 @@ def cmd_udp_scale(a: argparse.Namespace) -> None:
         print(
             f"  scrape {i + 1}: first byte {ms(r['first_s'])} ms, total {ms(r['total_s'])} ms, "
             f"{r['mb']:.1f} MB, lag p99 before it {ms(r['lag_p99_s'])} ms, "
-            f"engine render (previous) {ms(r['render_prev_s'])} ms"
+            f"engine: previous scrape {ms(r['render_prev_s'])} ms"
         )
     # phase C: back-to-back scrapes for max(10 s, 2 spans), at most 200
     busy_for = max(10.0, 2 * span)

@@ -240,7 +240,7 @@ async def _render_with_ticker(view: FakeView) -> tuple[float, StallMeter, list[b
     """(render time, the meter that ran beside it, pieces)."""
     async with StallMeter() as meter:
         start = time.perf_counter()
-        pieces = await metrics.render_metrics(view)
+        pieces = [piece async for piece in await metrics.render_metrics(view)]
         elapsed = time.perf_counter() - start
     return elapsed, meter, pieces
 

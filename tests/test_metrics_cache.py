@@ -29,7 +29,9 @@ def body(samples: Sequence[TargetSample], cache: LineCache | None, chunk: int) -
     for start in range(0, len(samples), chunk):
         families.add(samples[start : start + chunk])
     families.done()
-    return b"".join(families.pieces())
+    out = b"".join(families.pieces())
+    assert len(out) == families.size
+    return out
 
 
 @st.composite
@@ -96,8 +98,10 @@ def test_render_metrics_fills_the_cache() -> None:
     cache = LineCache()
 
     async def scrape(cache: LineCache | None) -> bytes:
-        pieces = await metrics.render_metrics(view, chunk=10, cache=cache)
-        return b"".join(pieces).split(b"# HELP sipalive_")[0]  # not the process's
+        body = await metrics.render_metrics(view, chunk=10, cache=cache)
+        out = b"".join([piece async for piece in body])
+        assert len(out) == body.size
+        return out.split(b"# HELP sipalive_")[0]  # not the process's
 
     assert asyncio.run(scrape(cache)) == asyncio.run(scrape(None))
     assert [len(c.samples) for c in cache.chunks] == [10, 10, 5]

@@ -427,11 +427,18 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
 async def metrics(request: web.Request) -> web.StreamResponse:
     scrapes = request.app[SCRAPES]
     start = clock.monotonic()
-    pieces = await render_metrics(
+    body = await render_metrics(
         request.app[VIEW], previous_render_s=scrapes.last_render_s, cache=scrapes.lines
     )
+    response = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE})
+    response.content_length = body.size
+    await response.prepare(request)
+    if request.method != "HEAD":
+        async for piece in body:  # made as it is sent: the whole body never exists at once
+            await response.write(piece)
+    await response.write_eof()
     scrapes.last_render_s = clock.monotonic() - start
-    return await stream(request, pieces, CONTENT_TYPE)
+    return response
 
 
 async def probe(request: web.Request) -> web.Response:

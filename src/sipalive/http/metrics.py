@@ -21,8 +21,8 @@ flows); they make one series, up if either is, with the smaller RTT, because a s
 two samples of one series is refused whole.
 
 then the engine's (``sipalive_*``: targets, targets by state, probes in flight, probes by result,
-scheduler lag p99, start time, the previous render's duration) and the process's, read from
-``/proc`` as the Prometheus client libraries name them (``process_*``).
+scheduler lag p99, start time, how long the previous scrape took to its last byte sent) and the
+process's, read from ``/proc`` as the Prometheus client libraries name them (``process_*``).
 
 Rendering 100k targets. That is 1.2 million lines (about 70 MB): formatting them one
 ``f``-string each took 0.4 to 0.8 s here, so :class:`TargetFamilies` formats as little as it can
@@ -30,7 +30,8 @@ in Python. Lines whose value is a constant (``sip_peer_up``, ``sip_peer_state``)
 formatted at all: the target names of one state are joined with a separator that closes one
 line and opens the next, a single C-level ``str.join`` per (family, state). RTTs are written
 with ``:.6f`` (microseconds), three times cheaper than ``repr``. The format wants each family
-in one group, so each family keeps its own list of pieces and they are concatenated at the end.
+in one group: the targets are walked once (counting the body's bytes, for its length), then
+the body is made family by family, a chunk's lines at a time, as it is sent.
 The monitor's ``/metrics`` passes a :class:`LineCache`: the RTT and counter lines of a target
 whose sample has not changed since the last scrape are sliced out of the last render instead
 (by runs), so a scrape formats only the targets probed since the previous one.
@@ -41,8 +42,9 @@ yielding to the event loop between chunks.
 Rendering the same snapshot in a worker thread was measured too (100k targets, 2 cores): the
 totals were alike (150-250 ms either way), but the loop stalls were smaller and steadier with
 chunks (6-8 ms, against 8-15 ms whenever the loop had to win the GIL back from the thread), and
-chunks keep every read of the engine's objects on the loop's thread. The result is a list of
-byte pieces that the handler streams, so no 70 MB join or copy happens on the loop either.
+chunks keep every read of the engine's objects on the loop's thread. The result is a
+:class:`Body` whose pieces are made while the handler streams them, so the ~70 MB body never
+exists at once (it did, as pieces, until the monitor's peak RSS reached 405 MB at 100k).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ import asyncio
 import math
 import os
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from itertools import accumulate, chain, compress, repeat
 from operator import attrgetter, eq, is_not, sub
 
@@ -213,21 +215,37 @@ def _render(names: list[str], chunk: list[TargetSample], old: Rendered | None) -
     return Rendered(chunk, texts, all_ends)
 
 
+def _size(text: str) -> int:
+    """``len(text.encode())`` without the copy when ``text`` is ASCII."""
+    return len(text) if text.isascii() else len(text.encode())
+
+
+_HEADERS = [
+    header("sip_peer_up", "gauge", "1 if the target is reachable or lagged, else 0.").encode(),
+    header("sip_peer_state", "gauge", "1 for the target's current state.").encode(),
+    header("sip_peer_rtt_seconds", "gauge", "Round-trip time: last and smoothed.").encode(),
+    header("sip_probes_total", "counter", "Qualify probes by result.").encode(),
+]
+# The bytes of one target's sip_peer_up and sip_peer_state lines, besides its name (5 times).
+_UP_BYTES = len(_UP) + len('"} 1\n')
+_STATE_BYTES = sum(len(_STATE) + len(_STATE_END[label][0]) for label in STATES)
+
+
 class TargetFamilies:
-    """The per-target families, filled chunk by chunk; :meth:`pieces` gives the body in order.
+    """The per-target families: :meth:`add` walks the targets chunk by chunk (and counts
+    the body's bytes), :meth:`pieces` then makes the body family by family, one chunk's
+    lines at a time, so that only one piece of it exists at once besides the ``cache``.
     With a ``cache``, a target unchanged since the last render is not formatted again (the
     body is the same bytes either way), and the cache gets this render's chunks."""
 
-    __slots__ = ("_cache", "_count", "by_state", "probes", "rtt", "state", "up")
+    __slots__ = ("_cache", "_chunks", "by_state", "size")
 
     def __init__(self, cache: LineCache | None = None) -> None:
-        self.up: list[bytes] = []
-        self.state: list[bytes] = []
-        self.rtt: list[bytes] = []
-        self.probes: list[bytes] = []
         self.by_state: dict[str, int] = dict.fromkeys(STATES, 0)
+        self.size = sum(map(len, _HEADERS))
         self._cache = cache
-        self._count = 0
+        # Per chunk: its (escaped) names by state and its Rendered lines.
+        self._chunks: list[tuple[dict[str, list[str]], Rendered]] = []
 
     def add(self, chunk: Sequence[TargetSample]) -> None:
         chunk = list(chunk)
@@ -240,19 +258,8 @@ class TargetFamilies:
         }
         for state, group in groups.items():
             self.by_state[state] = self.by_state.get(state, 0) + len(group)
-        up = [n for s, g in groups.items() if s in UP_STATES for n in g]
-        down = [n for s, g in groups.items() if s not in UP_STATES for n in g]
-        self.up.append((_joined(_UP, up, '"} 1\n') + _joined(_UP, down, '"} 0\n')).encode())
-        self.state.append(
-            "".join(
-                _joined(_STATE, group, _STATE_END[label][int(state == label)])
-                for label in STATES
-                for state, group in groups.items()
-            ).encode()
-        )
         cache = self._cache
-        at = self._count
-        self._count += 1
+        at = len(self._chunks)
         if cache is None:
             rendered = Rendered.of(chunk, _format(names, chunk))
         else:
@@ -262,29 +269,41 @@ class TargetFamilies:
                 chunks[at] = rendered  # the old one is freed now, not after the whole render
             else:
                 chunks.append(rendered)
-        last, srtt, probes = rendered.texts
-        if last or srtt:
-            self.rtt.append((last + srtt).encode())
-        self.probes.append(probes.encode())
+        self._chunks.append((groups, rendered))
+        self.size += (
+            (_UP_BYTES + _STATE_BYTES) * len(chunk)
+            + 6 * _size("".join(names))
+            + sum(map(_size, rendered.texts))
+        )
 
     def done(self) -> None:
         """The render is over: forget cached chunks beyond the view's end."""
         if self._cache is not None:
-            del self._cache.chunks[self._count :]
+            del self._cache.chunks[len(self._chunks) :]
 
-    def pieces(self) -> list[bytes]:
-        return [
-            header(
-                "sip_peer_up", "gauge", "1 if the target is reachable or lagged, else 0."
-            ).encode(),
-            *self.up,
-            header("sip_peer_state", "gauge", "1 for the target's current state.").encode(),
-            *self.state,
-            header("sip_peer_rtt_seconds", "gauge", "Round-trip time: last and smoothed.").encode(),
-            *self.rtt,
-            header("sip_probes_total", "counter", "Qualify probes by result.").encode(),
-            *self.probes,
-        ]
+    def pieces(self) -> Iterator[bytes]:
+        """The families' bytes (:attr:`size` of them), a header or a chunk's lines each."""
+        up_header, state_header, rtt_header, probes_header = _HEADERS
+        yield up_header
+        for groups, _ in self._chunks:
+            up = [n for s, g in groups.items() if s in UP_STATES for n in g]
+            down = [n for s, g in groups.items() if s not in UP_STATES for n in g]
+            yield (_joined(_UP, up, '"} 1\n') + _joined(_UP, down, '"} 0\n')).encode()
+        yield state_header
+        for groups, _ in self._chunks:
+            yield "".join(
+                _joined(_STATE, group, _STATE_END[label][int(state == label)])
+                for label in STATES
+                for state, group in groups.items()
+            ).encode()
+        yield rtt_header
+        for _, rendered in self._chunks:
+            last, srtt, _probes = rendered.texts
+            if last or srtt:
+                yield (last + srtt).encode()
+        yield probes_header
+        for _, rendered in self._chunks:
+            yield rendered.texts[2].encode()
 
 
 async def contact_metrics(contacts: Sequence[ContactView], chunk: int = CHUNK) -> str:
@@ -389,15 +408,34 @@ def process_metrics(proc: str = "/proc/self") -> str:
     return "".join(out)
 
 
+class Body:
+    """A ``/metrics`` body: its :attr:`size` in bytes, and its pieces, made as they are
+    iterated (yielding to the loop after each)."""
+
+    __slots__ = ("_families", "_tail", "size")
+
+    def __init__(self, families: TargetFamilies, tail: bytes) -> None:
+        self._families = families
+        self._tail = tail
+        self.size = families.size + len(tail)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for piece in self._families.pieces():
+            yield piece
+            await asyncio.sleep(0)
+        yield self._tail
+
+
 async def render_metrics(
     view: MonitorView,
     *,
     chunk: int = CHUNK,
     previous_render_s: float | None = None,
     cache: LineCache | None = None,
-) -> list[bytes]:
-    """The ``/metrics`` body as pieces to stream, yielding to the loop every ``chunk`` targets;
-    ``cache``: the previous render's lines, replaced by this one's (:class:`LineCache`)."""
+) -> Body:
+    """The ``/metrics`` body, its targets walked in chunks of ``chunk`` (yielding to the loop
+    after each); ``cache``: the previous render's lines, replaced by this one's
+    (:class:`LineCache`). The lines that are not cached are made as the body is sent."""
     targets = view.samples()
     stats = view.stats()
     families = TargetFamilies(cache)
@@ -405,12 +443,10 @@ async def render_metrics(
         families.add(targets[start : start + chunk])
         await asyncio.sleep(0)
     families.done()
-    pieces = families.pieces()
     contacts = contacts_of(view)
-    if contacts is not None:
-        pieces.append((await contact_metrics(contacts, chunk)).encode())
-    tail = engine_metrics(stats, families.by_state, previous_render_s) + process_metrics()
-    return [*pieces, tail.encode()]
+    tail = "" if contacts is None else await contact_metrics(contacts, chunk)
+    tail += engine_metrics(stats, families.by_state, previous_render_s) + process_metrics()
+    return Body(families, tail.encode())
 
 
 def render_probe(report: ProbeReport) -> str:
