@@ -9,6 +9,7 @@ import operator
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 from procs import respond
 from realpeers import free_port
@@ -410,3 +411,64 @@ crlf_pong_timeout = 0.15
 
 def test_qualify_over_websocket(tmp_path: Path) -> None:
     asyncio.run(_ws_scenario(tmp_path))
+
+
+async def _literal_scenario(tmp_path: Path) -> None:
+    from sipalive.sip.framing import MessageReceived, StreamFramer
+    from sipalive.sip.message import Request
+    from sipalive.sip.responder import StatelessResponder
+
+    responder = StatelessResponder()
+    conns: list[asyncio.StreamWriter] = []
+    answered = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal answered
+        conns.append(writer)
+        framer = StreamFramer()
+        peer = writer.get_extra_info("peername")
+        while data := await reader.read(65536):
+            for ev in framer.receive(data):
+                if isinstance(ev, MessageReceived) and isinstance(ev.message, Request):
+                    reply = responder.handle_request(ev.message, peer, "tcp")
+                    assert reply is not None
+                    writer.write(reply.data)
+                    answered += 1
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    db = tmp_path / "l.db"
+    cfg = parse_config(
+        f"""
+[storage]
+path = "{db}"
+[[targets]]
+name = "literal"
+uri = "sip:ping@127.0.0.1:{port};transport=tcp"
+qualify_frequency = 0.2
+qualify_timeout = 0.5
+""",
+        "l.toml",
+    )
+    mon = Monitor(cfg, db)
+    await mon.start()
+    try:
+        for _ in range(100):  # bounded: ~10 probes, many resolution lifetimes
+            if answered >= 10:
+                break
+            await asyncio.sleep(0.05)
+        assert answered >= 10
+        # an IP literal is never resolved again, so its kept connection is never dropped
+        assert len(conns) == 1
+    finally:
+        await mon.stop()
+        server.close()
+        await server.wait_closed()
+        await mon.close()
+
+
+def test_literal_target_keeps_its_connection(tmp_path: Path, monkeypatch: Any) -> None:
+    import sipalive.monitor.engine
+
+    monkeypatch.setattr(sipalive.monitor.engine, "RESOLVE_TTL", 0.1)
+    asyncio.run(_literal_scenario(tmp_path))

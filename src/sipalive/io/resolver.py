@@ -245,6 +245,13 @@ def _check(
     return _Request(scheme, host, port, transport, tuple(supported))
 
 
+def is_ip_literal(host: str) -> bool:
+    """True for an IPv4 or IPv6 literal (brackets allowed): nothing to look up, ever."""
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return _literal(host) is not None
+
+
 def _literal(host: str) -> str | None:
     """The canonical text of an IPv4 or IPv6 literal (zone kept), or None for a host name."""
     try:

@@ -42,7 +42,7 @@ from sipalive.http.view import (
 from sipalive.io.driver import TransactionDriver
 from sipalive.io.flows import StreamFlow, open_stream
 from sipalive.io.resolver import Target as Resolved
-from sipalive.io.resolver import resolve
+from sipalive.io.resolver import is_ip_literal, resolve
 from sipalive.io.timers import TimerWheel
 from sipalive.io.tlsctx import TlsOptions, client_context
 from sipalive.io.udpshared import PeerFlow, SharedUdpEndpoint, open_shared_udp
@@ -450,9 +450,12 @@ class MonitorEngine:
                     timeout=max(0.001, deadline - now),
                     supported=_supported(rt.target.transport),
                 )  # fmt: skip
-            rt.dest = found[0]
-            rt.resolved_at = clock.monotonic()
-            self._drop_flow(rt)
+            # an IP literal never needs resolving again; a name whose answer did not change
+            # keeps its flow (a TCP/TLS connection, the UDP keep-alive, the template)
+            rt.resolved_at = math.inf if is_ip_literal(uri.host) else clock.monotonic()
+            if found[0] != rt.dest:
+                rt.dest = found[0]
+                self._drop_flow(rt)
         dest = rt.dest
         assert dest is not None
         if rt.flow is not None and not (isinstance(rt.flow, KeptFlow) and rt.flow.closed):
