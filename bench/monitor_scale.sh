@@ -245,7 +245,7 @@ for mode in dict.fromkeys(r[0] for r in rows):
           f"{over:>7} {over_d:>8}  {', '.join(causes)}")
     out[mode] = (med, mx, len(sel), missed, over)
 print(f"   bound qualify_frequency + qualify_timeout = {bound:g} s (fail_threshold 1); "
-      f"design worst case 1.1 x {f:g} + {t:g} = {design:g} s. recover-*: restart/continue -> reachable.")
+      f"with the old +-10 % jitter 1.1 x {f:g} + {t:g} = {design:g} s. recover-*: restart/continue -> reachable.")
 if summary:
     with open(summary, "a") as fh:
         for mode, (med, mx, n, missed, over) in out.items():

@@ -200,7 +200,7 @@ for mode, what in (("kill", "peer killed (ICMP port unreachable)"), ("stop", "pe
                      f"{g(f'mon_det_{mode}_n')} (missed {g(f'mon_det_{mode}_missed')})",
                      f"{g(f'mon_det_{mode}_median')} / {g(f'mon_det_{mode}_max')}", "-", f"{r} (max/bound)", "lower",
                      f"<= qualify_frequency + qualify_timeout = {g('mon_det_bound')} s "
-                     f"(design worst case 1.1 f + t = {g('mon_det_design')} s)", v))
+                     f"(the +-10 % jitter of session 1 allowed 1.1 f + t = {g('mon_det_design')} s)", v))
 # rows the scripts wrote whole (keepalive_bytes.sh, registrar_vs_kamailio.sh): "| a | b | ... |"
 for k, v in d.items():
     if k.startswith("mdrow_"):
