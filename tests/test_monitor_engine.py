@@ -181,30 +181,51 @@ def test_engine_states_and_persistence(tmp_path: Path) -> None:
     asyncio.run(_scenario(tmp_path))
 
 
-async def _reset_scenario(tmp_path: Path) -> None:
-    import struct
+class TcpResponder:
+    """A TCP server answering requests with our StatelessResponder; keeps its connections
+    (``conns``) and counts the answers."""
 
-    from sipalive.sip.framing import MessageReceived, StreamFramer
-    from sipalive.sip.message import Request
-    from sipalive.sip.responder import StatelessResponder
+    def __init__(self) -> None:
+        from sipalive.sip.responder import StatelessResponder
 
-    responder = StatelessResponder()
-    conns: list[asyncio.StreamWriter] = []
+        self.responder = StatelessResponder()
+        self.conns: list[asyncio.StreamWriter] = []
+        self.answered = 0
+        self.server: asyncio.Server | None = None
 
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conns.append(writer)
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port: int = self.server.sockets[0].getsockname()[1]
+        return port
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        from sipalive.sip.framing import MessageReceived, StreamFramer
+        from sipalive.sip.message import Request
+
+        self.conns.append(writer)
         framer = StreamFramer()
         peer = writer.get_extra_info("peername")
         while data := await reader.read(65536):
             for ev in framer.receive(data):
                 if isinstance(ev, MessageReceived) and isinstance(ev.message, Request):
-                    reply = responder.handle_request(ev.message, peer, "tcp")
+                    reply = self.responder.handle_request(ev.message, peer, "tcp")
                     assert reply is not None
                     writer.write(reply.data)
+                    self.answered += 1
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+
+async def _reset_scenario(tmp_path: Path) -> None:
+    import struct
+
+    tcp = TcpResponder()
+    port = await tcp.start()
+    conns = tcp.conns
     # "tcp-peer-19" hashes to the start of the 30 s spread: its first probe goes out at once
-    port = server.sockets[0].getsockname()[1]
     db = tmp_path / "r.db"
     cfg = parse_config(
         f"""
@@ -238,8 +259,7 @@ qualify_timeout = 1
         assert view.last_error.startswith("connection failed")
     finally:
         await mon.stop()
-        server.close()
-        await server.wait_closed()
+        await tcp.close()
         await mon.close()
 
 
@@ -414,29 +434,8 @@ def test_qualify_over_websocket(tmp_path: Path) -> None:
 
 
 async def _literal_scenario(tmp_path: Path) -> None:
-    from sipalive.sip.framing import MessageReceived, StreamFramer
-    from sipalive.sip.message import Request
-    from sipalive.sip.responder import StatelessResponder
-
-    responder = StatelessResponder()
-    conns: list[asyncio.StreamWriter] = []
-    answered = 0
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal answered
-        conns.append(writer)
-        framer = StreamFramer()
-        peer = writer.get_extra_info("peername")
-        while data := await reader.read(65536):
-            for ev in framer.receive(data):
-                if isinstance(ev, MessageReceived) and isinstance(ev.message, Request):
-                    reply = responder.handle_request(ev.message, peer, "tcp")
-                    assert reply is not None
-                    writer.write(reply.data)
-                    answered += 1
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+    tcp = TcpResponder()
+    port = await tcp.start()
     db = tmp_path / "l.db"
     cfg = parse_config(
         f"""
@@ -454,16 +453,15 @@ qualify_timeout = 0.5
     await mon.start()
     try:
         for _ in range(100):  # bounded: ~10 probes, many resolution lifetimes
-            if answered >= 10:
+            if tcp.answered >= 10:
                 break
             await asyncio.sleep(0.05)
-        assert answered >= 10
+        assert tcp.answered >= 10
         # an IP literal is never resolved again, so its kept connection is never dropped
-        assert len(conns) == 1
+        assert len(tcp.conns) == 1
     finally:
         await mon.stop()
-        server.close()
-        await server.wait_closed()
+        await tcp.close()
         await mon.close()
 
 
