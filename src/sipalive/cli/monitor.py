@@ -216,7 +216,7 @@ def main(argv: list[str]) -> int:
         where = f", a registrar on {', '.join(map(str, registrar.listen))}" if registrar else ""
         sys.stdout.write(f"{args.config}: OK, {len(config.targets)} targets{where}\n")
         return 0
-    from sipalive.cli.ping import run_loop
+    from sipalive.cli.aio import run_loop
 
     try:
         return run_loop(_run(config, args))

@@ -189,7 +189,7 @@ def _progress(event: ProbeResolved) -> None:
 def _measure(args: argparse.Namespace) -> int:
     config = _config(args)
     server = _server(args.server)
-    from sipalive.cli.ping import run_loop
+    from sipalive.cli.aio import run_loop
     from sipalive.io.natlife import measure
 
     found: list[NatLifetimeResult] = []

@@ -10,11 +10,10 @@ import math
 import os
 import signal
 import sys
-from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
 
 from sipalive import clock
+from sipalive.cli.aio import run_command
 from sipalive.cli.common import (
     UsageError,
     effective_transport,
@@ -493,20 +492,4 @@ async def _main(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str]) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return run_loop(_main(args))
-    except UsageError as exc:
-        parser.error(str(exc))
-    return 2
-
-
-def run_loop(coro: Coroutine[Any, Any, int]) -> int:
-    """asyncio.run, on uvloop when it is installed."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    result: int = uvloop.run(coro)
-    return result
+    return run_command(build_parser(), argv, _main)

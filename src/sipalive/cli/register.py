@@ -395,12 +395,6 @@ async def _register(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str]) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from sipalive.cli.ping import run_loop
+    from sipalive.cli.aio import run_command
 
-    try:
-        return run_loop(_register(args))
-    except UsageError as exc:
-        parser.error(str(exc))
-    return 2
+    return run_command(build_parser(), argv, _register)
