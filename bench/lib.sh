@@ -354,6 +354,23 @@ knee_search() {
     KNEE=$lo; FIRST_FAIL=$hi
   fi
 }
+# best_of_passes TR: from KNEES/FIRSTS/BESTS[kind-TR-pass] (knee_search per pass), for each kind
+# in RESPONDERS: K (best knee), KT (its text), BB (best achieved), PER (each pass's knee text).
+# Other load can only lower a knee, so the best pass is the estimate.
+best_of_passes() {
+  local tr=$1 kind pass k f bk bf bb per
+  declare -gA K=() KT=() BB=() PER=()
+  for kind in $RESPONDERS; do
+    bk=-1; bf=0; bb=0; per=""
+    for pass in $(seq "$PASSES"); do
+      k=${KNEES[$kind-$tr-$pass]}; f=${FIRSTS[$kind-$tr-$pass]}
+      per+="$(knee_text "$k" "$f") "
+      [ "${BESTS[$kind-$tr-$pass]}" -gt "$bb" ] && bb=${BESTS[$kind-$tr-$pass]}
+      if [ "$k" -gt "$bk" ] || { [ "$k" = "$bk" ] && [ "$f" = 0 ]; }; then bk=$k; bf=$f; fi
+    done
+    K[$kind]=$bk; KT[$kind]=$(knee_text "$bk" "$bf"); BB[$kind]=$bb; PER[$kind]=$per
+  done
+}
 knee_text() {  # KNEE FIRST_FAIL -> "20000" or ">=40000" or "<5000"
   if [ "$2" = 0 ]; then echo ">=$1"; elif [ "$1" = 0 ]; then echo "<$2"; else echo "$1"; fi
 }

@@ -157,17 +157,7 @@ for tr in $TRANSPORTS; do
   done
   echo "== $tr knees (highest completed-registrations/s with 0 failed, 0 retransmissions, all 200, achieved >= 95%)"
   echo "   per pass, and the best pass (other load can only lower a knee, so the best pass is the estimate)"
-  declare -A K=() KT=()
-  for kind in $RESPONDERS; do
-    bk=-1; bf=0; bb=0; per=""
-    for pass in $(seq "$PASSES"); do
-      k=${KNEES[$kind-$tr-$pass]}; f=${FIRSTS[$kind-$tr-$pass]}
-      per+="$(knee_text "$k" "$f") "
-      [ "${BESTS[$kind-$tr-$pass]}" -gt "$bb" ] && bb=${BESTS[$kind-$tr-$pass]}
-      if [ "$k" -gt "$bk" ] || { [ "$k" = "$bk" ] && [ "$f" = 0 ]; }; then bk=$k; bf=$f; fi
-    done
-    K[$kind]=$bk; KT[$kind]=$(knee_text "$bk" "$bf"); BB[$kind]=$bb; PER[$kind]=$per
-  done
+  best_of_passes "$tr"
   kam=${K[kam1tlsf-auth]:-0}; ours=${K[sipalive-reg]:-0}
   ratio=n/a
   if [ -n "${K[kam1tlsf-auth]:-}" ] && [ -n "${K[sipalive-reg]:-}" ] && [ "$kam" -gt 0 ]; then
