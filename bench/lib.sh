@@ -10,7 +10,7 @@ set -euo pipefail
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$BENCH_DIR/.." && pwd)"
-SIPALIVE="$REPO/.venv/bin/sipalive"
+SIPALIVE="${SIPALIVE:-$REPO/.venv/bin/sipalive}"  # overridable: a wrapped build for an experiment
 VENV_PY="$REPO/.venv/bin/python"
 DATA="$REPO/tests/data"
 SCEN="$DATA/sipp"
