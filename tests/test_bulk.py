@@ -47,11 +47,13 @@ class Trace:
 
 
 class Reference:
-    """N ClientTransactions, driven as the TransactionDriver drives them."""
+    """N ClientTransactions, driven as the TransactionDriver drives them. ``lazy``: Timer K
+    is not reported as a timer (ClientTable's ``lazy_timer_k``)."""
 
-    def __init__(self, timers: TimerConfig, reliable: bool) -> None:
+    def __init__(self, timers: TimerConfig, reliable: bool, lazy: bool = False) -> None:
         self.timers = timers
         self.reliable = reliable
+        self.lazy = lazy
         self.txns: dict[Key, tuple[int, ClientTransaction]] = {}
         self.trace = Trace()
 
@@ -97,14 +99,32 @@ class Reference:
             self._apply(token, txn.transport_error(now, "boom"), now)
         self._sweep()
 
+    def fail(self, key: Key, now: float) -> None:
+        entry = self.txns.get(key)
+        if entry is not None:
+            self._apply(entry[0], entry[1].transport_error(now, "ICMP"), now)
+        self._sweep()
+
     def get_timer(self) -> float | None:
-        timers = [w for _, t in self.txns.values() if (w := t.get_timer()) is not None]
+        timers = [
+            w
+            for _, t in self.txns.values()
+            if (w := t.get_timer()) is not None
+            and not (self.lazy and t.state == TransactionState.COMPLETED)
+        ]
         return min(timers) if timers else None
+
+    def in_flight(self) -> list[tuple[str, str, int]]:
+        return sorted(
+            (key[0], key[1], token)
+            for key, (token, t) in self.txns.items()
+            if t.state in (TransactionState.TRYING, TransactionState.PROCEEDING)
+        )
 
 
 class Bulk:
-    def __init__(self, timers: TimerConfig, reliable: bool) -> None:
-        self.table: ClientTable[int] = ClientTable(timers, reliable=reliable)
+    def __init__(self, timers: TimerConfig, reliable: bool, lazy: bool = False) -> None:
+        self.table: ClientTable[int] = ClientTable(timers, reliable=reliable, lazy_timer_k=lazy)
         self.trace = Trace()
 
     def _done(self, token: int, result: TransactionResult) -> None:
@@ -135,8 +155,16 @@ class Bulk:
         for token, result in self.table.transport_error(now, "boom"):
             self._done(token, result)
 
+    def fail(self, key: Key, now: float) -> None:
+        got = self.table.fail(key[0], key[1], now, "ICMP")
+        if got is not None:
+            self._done(*got)
+
     def get_timer(self) -> float | None:
         return self.table.get_timer()
+
+    def in_flight(self) -> list[tuple[str, str, int]]:
+        return sorted(self.table.in_flight())
 
 
 # binary fractions, so that ties between timers happen and compare exactly
@@ -159,17 +187,18 @@ OPS = st.lists(
         ),
         st.tuples(st.just("step"), st.sampled_from([0.0, 0.125, 0.25, 0.375, 1.0, 2.5, 6.0])),
         st.tuples(st.just("error"), st.just(0)),
+        st.tuples(st.just("fail"), st.integers(0, 40)),
     ),
     max_size=80,
 )
 
 
 @settings(max_examples=400, deadline=None)
-@given(timers=TIMERS, reliable=st.booleans(), ops=OPS)
+@given(timers=TIMERS, reliable=st.booleans(), lazy=st.booleans(), ops=OPS)
 def test_table_behaves_like_n_client_transactions(
-    timers: TimerConfig, reliable: bool, ops: list[tuple[object, ...]]
+    timers: TimerConfig, reliable: bool, lazy: bool, ops: list[tuple[object, ...]]
 ) -> None:
-    ref, bulk = Reference(timers, reliable), Bulk(timers, reliable)
+    ref, bulk = Reference(timers, reliable, lazy), Bulk(timers, reliable, lazy)
     now = 100.0
     started: list[Key] = []
     for op in ops:
@@ -200,7 +229,24 @@ def test_table_behaves_like_n_client_transactions(
         elif op[0] == "error":
             for side in (ref, bulk):
                 side.transport_error(now)
+        elif op[0] == "fail" and started:
+            key = started[int(str(op[1])) % len(started)]
+            for side in (ref, bulk):
+                side.fail(key, now)
         assert bulk.get_timer() == ref.get_timer()
+        assert bulk.in_flight() == ref.in_flight()
+        for branch, method in started:
+            entry = ref.txns.get((branch, method))
+            active = entry is not None and entry[1].state != TransactionState.COMPLETED
+            absorbing = (
+                entry is not None
+                and entry[1].state == TransactionState.COMPLETED
+                and not (lazy and (entry[1].get_timer() or 0.0) <= now)
+            )
+            expect = entry[0] if entry is not None else None
+            assert bulk.table.token_of(branch, method) == (expect if active else None)
+            got = bulk.table.completed_token(branch, method, now)
+            assert got == (expect if absorbing else None)
         assert len(bulk.table) == sum(
             t.state in (TransactionState.TRYING, TransactionState.PROCEEDING)
             for _, t in ref.txns.values()

@@ -33,6 +33,7 @@ from realpeers import (
     SippTransport,
     SippUas,
     free_port,
+    kamailio_on_free_port,
     require,
     sipp_uas_on_free_port,
 )
@@ -270,6 +271,43 @@ def test_503_is_alive_unless_qualify_2xx_only(tmp_path: Path) -> None:
         ("unknown", "reachable", "code 503")
     ]
     assert up == {"strict": 0, "any-answer": 1}
+
+
+@pytest.mark.realpeer
+def test_digest_challenged_options_are_answered_with_credentials(tmp_path: Path) -> None:
+    """Kamailio challenges OPTIONS to user "auth" (401, digest): a target with the right
+    credentials answers the challenge within its qualify_timeout and is reachable (UDP and
+    TCP); wrong or no credentials end on the 401, which qualify_2xx_only counts as down."""
+    require("kamailio")
+    with kamailio_on_free_port(auth=True, password="s3cret", run_dir=tmp_path / "kam") as kam:
+        uri = f"sip:auth@127.0.0.1:{kam.port}"
+        strict = {"qualify_2xx_only": True, "qualify_timeout": 1.0}
+        body = DEFAULTS + target("good", uri, auth_username="u", auth_password="s3cret", **strict)
+        body += target(
+            "good-tcp", uri + ";transport=tcp", auth_username="u", auth_password="s3cret", **strict
+        )
+        body += target("wrong", uri, auth_username="u", auth_password="nope", **strict)
+        body += target("none", uri, **strict)
+        with monitor(tmp_path / "mon", body) as mon:
+            want = {
+                "good": "reachable",
+                "good-tcp": "reachable",
+                "wrong": "unreachable",
+                "none": "unreachable",
+            }
+            mon.wait_states(want, FREQUENCY + 2 * detection_bound(1) + SLACK)
+            got = mon.wait_targets(
+                "three probes each",
+                lambda t: min(t[n]["probes"] for n in want) >= 3,
+                3 * (FREQUENCY + 1.0) + SLACK,
+            )
+            histories = {name: mon.history(name) for name in want}
+    for name in ("good", "good-tcp"):
+        assert (got[name]["last_status"], got[name]["failures"]) == (200, 0), got[name]
+        assert transitions(histories[name]) == [("unknown", "reachable")]
+    for name in ("wrong", "none"):
+        assert (got[name]["last_status"], got[name]["successes"]) == (401, 0), got[name]
+        assert [h["cause"] for h in histories[name]] == ["code 401"]
 
 
 # --- 4. SIGKILL and restart on the same database --------------------------------------------

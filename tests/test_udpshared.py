@@ -11,7 +11,7 @@ from sipalive.io.udpshared import branch_of, open_shared_udp
 from sipalive.sip.build import make_options
 from sipalive.sip.message import Request, parse_message
 from sipalive.sip.responder import StatelessResponder
-from sipalive.sip.transaction import Cause, ClientTransaction, TimerConfig
+from sipalive.sip.transaction import Cause, ClientTransaction, TimerConfig, TransactionResult
 
 
 def _request(endpoint_port: int, n: int) -> Request:
@@ -119,3 +119,99 @@ async def _timer_k_scenario() -> None:
 
 def test_timer_k_keeps_only_the_key() -> None:
     asyncio.run(_timer_k_scenario())
+
+
+class _Broken:
+    def send(self, data: bytes) -> None:
+        raise OSError("network is unreachable")
+
+    def accepts(self, source: tuple[str, int]) -> bool:
+        return True
+
+
+async def _table_scenario() -> None:
+    """Transactions in a driver Table (the monitor's on-time probes) on the shared endpoint:
+    retransmitted on the table's own timer, answered, spoofed, failed by ICMP, by a send that
+    raises, by giving up (408) and by cancel_all."""
+    driver = TransactionDriver()
+    endpoint = await open_shared_udp(driver, "127.0.0.1")
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    peer.setblocking(False)
+    spoofer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    spoofer.bind(("127.0.0.1", 0))
+    loop = asyncio.get_running_loop()
+    results: dict[str, TransactionResult] = {}
+    table = driver.table(
+        TimerConfig(t1=0.05, retransmits=2),
+        lambda token, r: results.setdefault(token[1], r),
+        needs_response=frozenset((401, 407)),
+    )
+
+    def send(n: int, flow: object) -> None:
+        data = _request(endpoint.local[1], n).encode()
+        driver.send(table, (flow, f"r{n}"), f"z9hG4bKshared{n}", "OPTIONS", data)
+
+    async def result(name: str) -> TransactionResult:
+        for _ in range(200):
+            if name in results:
+                return results[name]
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"{name} never ended")
+
+    try:
+        peer_addr = peer.getsockname()
+        t0 = loop.time()
+        send(1, endpoint.flow(peer_addr))
+        first, _ = await loop.sock_recvfrom(peer, 65536)
+        again, src = await loop.sock_recvfrom(peer, 65536)  # Timer E: T1 later
+        assert again == first
+        assert loop.time() - t0 >= 0.045
+        reply = StatelessResponder().handle_datagram(again, src)
+        assert reply is not None
+        spoofer.sendto(reply.data, endpoint.local)
+        await asyncio.sleep(0.01)
+        assert "r1" not in results
+        assert endpoint.spoofed == 1
+        peer.sendto(reply.data, endpoint.local)
+        got = await result("r1")
+        assert (got.status, got.retransmits, got.response) == (200, 1, None)  # not parsed
+        peer.sendto(reply.data, endpoint.local)  # a retransmitted final: absorbed (Timer K)
+        await asyncio.sleep(0.01)
+        assert (endpoint.spoofed, driver.unmatched) == (1, 1)
+        # a closed port: ICMP
+        send(2, endpoint.flow(("127.0.0.1", free_port("udp"))))
+        got = await result("r2")
+        assert (got.status, got.cause, got.error) == (
+            503,
+            Cause.TRANSPORT_ERROR,
+            "ICMP port unreachable",
+        )
+        # a send that raises
+        send(3, _Broken())
+        got = results["r3"]  # at once, from within send()
+        assert (got.status, got.error) == (503, "network is unreachable")
+        # nobody answers: T1, 2 T1, then the cap: 408 at 7 T1 = 0.35 s
+        silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        silent.bind(("127.0.0.1", 0))
+        try:
+            t0 = loop.time()
+            send(4, endpoint.flow(silent.getsockname()))
+            got = await result("r4")
+            assert (got.status, got.cause, got.retransmits) == (408, Cause.TIMEOUT, 2)
+            assert 0.3 <= loop.time() - t0 < 1.0
+            send(5, endpoint.flow(silent.getsockname()))
+            assert len(driver) == 1
+            driver.cancel_all("stopping")
+            assert (results["r5"].status, results["r5"].error) == (503, "stopping")
+            assert len(driver) == 0
+        finally:
+            silent.close()
+    finally:
+        peer.close()
+        spoofer.close()
+        await endpoint.aclose()
+
+
+def test_table_on_shared_endpoint() -> None:
+    asyncio.run(_table_scenario())

@@ -10,6 +10,11 @@ absorb retransmitted finals (§17.1.2.2), and nothing it holds is needed for tha
 then keeps only its key, its Timer K expiry and its flow (for the source check), not the
 transaction, its result and the parsed response. At 100k targets that is ~8000 transactions
 of a few kB each that the collector no longer walks.
+
+Many transactions that share one TimerConfig (the monitor's UDP probes) may instead run in a
+:class:`Table`: one :class:`~sipalive.sip.bulk.ClientTable` (no machine, event list, result
+record or heap entry per transaction: a table entry and a FIFO slot) with one loop timer of
+its own. The driver routes responses and errors to tables as to single transactions.
 """
 
 from __future__ import annotations
@@ -17,22 +22,26 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable, Container, Sequence
-from typing import Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from sipalive import clock
 from sipalive.errors import TransportError
 from sipalive.io.timers import TimerWheel
+from sipalive.sip.bulk import ClientTable
 from sipalive.sip.message import Response
 from sipalive.sip.transaction import (
     ClientTransaction,
     Completed,
     Provisional,
+    TimerConfig,
     TransactionResult,
     TransactionState,
     Transmit,
 )
 
 Key = tuple[str, str]
+# a Table's token: a tuple whose first item is the transaction's Flow, the rest the caller's
+K = TypeVar("K", bound=tuple[Any, ...])
 
 
 class Flow(Protocol):
@@ -66,6 +75,77 @@ class _Pending:
         self.needs = needs
 
 
+class Table(Generic[K]):
+    """Transactions of one TimerConfig and one kind of transport in a ClientTable, on one
+    loop timer; made by :meth:`TransactionDriver.table`, fed by :meth:`TransactionDriver.send`.
+
+    A token is the caller's tuple ``(flow, ...)``: the flow carries the retransmissions and
+    says whether a response may come from its source. ``on_done(token, result)`` is called
+    once per transaction, from within the call that ends it, as for ``begin``."""
+
+    __slots__ = ("_armed_for", "_handle", "driver", "needs", "on_done", "table")
+
+    def __init__(
+        self,
+        driver: TransactionDriver,
+        timers: TimerConfig,
+        reliable: bool,
+        on_done: Callable[[K, TransactionResult], None],
+        needs: Container[int] | None,
+    ) -> None:
+        self.driver = driver
+        self.table: ClientTable[K] = ClientTable(timers, reliable=reliable, lazy_timer_k=True)
+        self.on_done = on_done
+        self.needs = needs
+        self._handle: asyncio.TimerHandle | None = None
+        self._armed_for: float | None = None
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def _arm(self) -> None:
+        when = self.table.get_timer()
+        if when is None:
+            return
+        if self._armed_for is not None:
+            if self._armed_for <= when:
+                return  # that timer comes first and re-arms
+            assert self._handle is not None
+            self._handle.cancel()
+        self._armed_for = when
+        self._handle = self.driver.loop.call_later(max(0.0, when - clock.monotonic()), self._fire)
+
+    def _fire(self) -> None:
+        self._handle = self._armed_for = None
+        now = clock.monotonic()  # a timer a little early finds nothing due and re-arms
+        sends, done = self.table.handle_timer(now)
+        for token, data in sends:
+            try:
+                token[0].send(data)
+            except (OSError, TransportError) as exc:
+                self._send_failed(token, now, exc)
+        for token, result in done:
+            self.on_done(token, result)
+        self._arm()
+
+    def _send_failed(self, token: K, now: float, exc: Exception) -> None:
+        """A retransmission could not be sent: that transaction fails now (rare: a scan)."""
+        for branch, method, t in self.table.in_flight():
+            if t is token:
+                self.fail(branch, method, now, str(exc))
+                return
+
+    def fail(self, branch: str, method: str, now: float, detail: str) -> None:
+        got = self.table.fail(branch, method, now, detail)
+        if got is not None:
+            self.on_done(*got)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle = self._armed_for = None
+
+
 class TransactionDriver:
     """Starts client transactions, routes responses and errors to them, and runs their
     timers on one TimerWheel (one loop timer for all of them)."""
@@ -78,10 +158,39 @@ class TransactionDriver:
         self._completed: dict[Key, tuple[float, Flow]] = {}
         self._completed_order: deque[Key] = deque()
         self._wheel = TimerWheel(self.loop)
+        self._tables: list[Table[Any]] = []
         self.unmatched = 0
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + sum(len(t) for t in self._tables)
+
+    def table(
+        self,
+        timers: TimerConfig,
+        on_done: Callable[[K, TransactionResult], None],
+        *,
+        reliable: bool = False,
+        needs_response: Container[int] | None = None,
+    ) -> Table[K]:
+        """A new :class:`Table` for transactions with these timers; ``needs_response`` as
+        for :meth:`begin`. Tables live as long as the driver: make one per TimerConfig."""
+        table: Table[K] = Table(self, timers, reliable, on_done, needs_response)
+        self._tables.append(table)
+        return table
+
+    def send(self, table: Table[K], token: K, branch: str, method: str, data: bytes) -> None:
+        """Start a transaction in ``table`` (``branch`` and ``method`` are those of the request
+        ``data``) and send it on ``token[0]``; a send that raises ends it at once (503)."""
+        now = clock.monotonic()
+        due = table.table.start(branch, method, data, now, token)
+        try:
+            token[0].send(data)
+        except (OSError, TransportError) as exc:
+            table.fail(branch, method, clock.monotonic(), str(exc))
+            return
+        armed = table._armed_for
+        if armed is None or due < armed:
+            table._arm()
 
     def start(
         self,
@@ -134,6 +243,18 @@ class TransactionDriver:
         pending = self._pending.get(key)
         now = clock.monotonic()
         if pending is None:
+            for table in self._tables:
+                token = table.table.token_of(key[0], key[1])
+                if token is not None:
+                    if source is not None and not _accepts(token[0], source):
+                        self.unmatched += 1
+                        return False
+                    got = table.table.receive(
+                        key[0], key[1], response.status, response.reason, now, response
+                    )
+                    if got is not None:
+                        table.on_done(*got)
+                    return True
             if self._absorbs(key, source, now):
                 return True  # a retransmitted final, absorbed in COMPLETED (§17.1.2.2)
             self.unmatched += 1
@@ -154,6 +275,19 @@ class TransactionDriver:
         pending = self._pending.get(key)
         now = clock.monotonic()
         if pending is None:
+            for table in self._tables:
+                token = table.table.token_of(branch, method)
+                if token is not None:
+                    if not _accepts(token[0], source):
+                        self.unmatched += 1
+                        return False
+                    needs = table.needs
+                    if needs is None or status < 200 or status in needs:
+                        return None
+                    got = table.table.receive(branch, method, status, reason, now)
+                    if got is not None:
+                        table.on_done(*got)
+                    return True
             if self._absorbs(key, source, now):
                 return True
             self.unmatched += 1
@@ -172,6 +306,10 @@ class TransactionDriver:
         accepts ``source``: what ``receive_response`` / ``transport_error`` would ignore."""
         entry = self._completed.get(key)
         if entry is None or entry[0] <= now:
+            for table in self._tables:
+                token = table.table.completed_token(key[0], key[1], now)
+                if token is not None:
+                    return source is None or _accepts(token[0], source)
             return False
         return source is None or _accepts(entry[1], source)
 
@@ -192,6 +330,10 @@ class TransactionDriver:
         now = clock.monotonic()
         for pending in [p for p in self._pending.values() if p.flow is flow]:
             self._apply(pending, pending.txn.transport_error(now, detail))
+        for table in self._tables:
+            for branch, method, token in table.table.in_flight():
+                if token[0] is flow:
+                    table.fail(branch, method, now, detail)
 
     def on_transport_error_for(
         self, branch: str, method: str, dest: tuple[str, int], detail: str
@@ -199,6 +341,13 @@ class TransactionDriver:
         """An ICMP error for our datagram (``method`` with this ``branch``) sent to ``dest``."""
         pending = self._pending.get((branch, method))
         if pending is None:
+            for table in self._tables:
+                token = table.table.token_of(branch, method)
+                if token is not None:
+                    if not _accepts(token[0], dest):
+                        return False
+                    table.fail(branch, method, clock.monotonic(), detail)
+                    return True
             return self._absorbs((branch, method), dest, clock.monotonic())
         if not _accepts(pending.flow, dest):
             return False
@@ -209,6 +358,10 @@ class TransactionDriver:
         now = clock.monotonic()
         for pending in list(self._pending.values()):
             self._apply(pending, pending.txn.transport_error(now, detail))
+        for table in self._tables:
+            for token, result in table.table.transport_error(now, detail):
+                table.on_done(token, result)
+            table.close()
 
     def _apply(self, pending: _Pending, events: Sequence[object], from_timer: bool = False) -> None:
         txn = pending.txn

@@ -39,7 +39,7 @@ from sipalive.http.view import (
     TargetView,
     TransitionView,
 )
-from sipalive.io.driver import TransactionDriver
+from sipalive.io.driver import Table, TransactionDriver
 from sipalive.io.flows import StreamFlow, open_stream
 from sipalive.io.resolver import Target as Resolved
 from sipalive.io.resolver import is_ip_literal, resolve
@@ -71,6 +71,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("sipalive.monitor")
 
 KeptFlow = StreamFlow | WsFlow  # a connection kept per target (TCP, TLS, WebSocket)
+# a probe in a driver Table: its flow, target, deadline and start
+Probe = tuple["PeerFlow | KeptFlow", "Runtime", float, float]
 RESOLVE_TTL = 300.0  # seconds a resolution is reused (the resolver does not report DNS TTLs)
 R = TypeVar("R")
 ROW_PERIOD = 300.0
@@ -228,6 +230,8 @@ class MonitorEngine:
         self.runtimes: dict[str, Runtime] = {}
         self.scheduler = Scheduler(rand=rand, max_in_flight=max_in_flight)
         self.driver: TransactionDriver | None = None
+        # the probes sent on time without credentials, one table per (timers, reliable)
+        self._tables: dict[tuple[TimerConfig, bool], Table[Probe]] = {}
         self.wheel: TimerWheel | None = None
         self.udp: dict[int, SharedUdpEndpoint] = {}
         self._udp_opening: dict[int, asyncio.Future[SharedUdpEndpoint]] = {}
@@ -524,12 +528,6 @@ class MonitorEngine:
         assert self.driver is not None
         return self.driver
 
-    def _timers(self, s: TargetSettings, deadline: float, started: float) -> TimerConfig:
-        if deadline - started == s.qualify_timeout and clock.monotonic() - started < 0.001:
-            return _timer_config(s)  # sent at once: the whole timeout, one object per settings
-        remaining = max(0.001, deadline - clock.monotonic())
-        return TimerConfig(t1=s.t1, t2=max(4.0, s.t1), timeout=remaining, retransmits=s.retransmits)
-
     def _send(
         self, rt: Runtime, deadline: float, started: float, authorization: tuple[str, str] | None
     ) -> None:
@@ -540,16 +538,31 @@ class MonitorEngine:
         rt.cseq += 1
         branch = f"{self._prefix}{self._counter:x}"
         call_id = f"{self._counter:x}-{self._prefix[7:]}@sipalive"
+        s = rt.target.settings
+        reliable = rt.dest.transport != "udp"
         if authorization is None:
             data = rt.template.fill(branch, call_id, rt.cseq)
+            if deadline - started == s.qualify_timeout and clock.monotonic() - started < 0.001:
+                # sent at once with the whole timeout: one table per settings' timers (no
+                # transaction object, closure or heap entry per probe)
+                timers = _timer_config(s)
+                table = self._tables.get((timers, reliable))
+                if table is None:
+                    table = self._driver.table(
+                        timers, self._table_done, reliable=reliable, needs_response=_CHALLENGES
+                    )
+                    self._tables[(timers, reliable)] = table
+                self._driver.send(table, (rt.flow, rt, deadline, started), branch, "OPTIONS", data)
+                return
         else:
             data = self._auth_request(rt, branch, call_id, authorization)
+        # late (resolution, a connection) or answering a challenge: timers of its own
+        remaining = max(0.001, deadline - clock.monotonic())
+        timers = TimerConfig(
+            t1=s.t1, t2=max(4.0, s.t1), timeout=remaining, retransmits=s.retransmits
+        )
         txn = ClientTransaction.from_bytes(
-            data,
-            branch=branch,
-            method="OPTIONS",
-            reliable=rt.dest.transport != "udp",
-            timers=self._timers(rt.settings, deadline, started),
+            data, branch=branch, method="OPTIONS", reliable=reliable, timers=timers
         )
         # a callback rather than a future: no Future, no loop Handle per probe
         # only a challenge's response is read (_done): any other final need not be parsed
@@ -559,6 +572,9 @@ class MonitorEngine:
             lambda result: self._done(rt, result, deadline, started, authorization),
             needs_response=_CHALLENGES,
         )
+
+    def _table_done(self, probe: Probe, result: TransactionResult) -> None:
+        self._done(probe[1], result, probe[2], probe[3], None)
 
     def _auth_request(
         self, rt: Runtime, branch: str, call_id: str, authorization: tuple[str, str]

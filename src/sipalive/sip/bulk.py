@@ -17,6 +17,12 @@ kept only as its key and Timer K expiry, to absorb retransmitted responses.
 
 Time is an argument: ``now`` must never decrease between calls. The caller sends the first
 transmission itself (``start``) and every retransmission ``handle_timer`` returns.
+
+``lazy_timer_k``: Timer K is then not a timer the caller must run (``get_timer`` leaves it
+out); a completed key is forgotten when the next ``start`` or ``handle_timer`` finds its
+Timer K past, and a response after its Timer K is unmatched whether or not it was forgotten
+yet. For a caller that keeps one loop timer per table (io/driver.py): with thousands of
+transactions a second, every answer's Timer K would otherwise be a wake-up of its own.
 """
 
 from __future__ import annotations
@@ -72,16 +78,18 @@ class ClientTable(Generic[T]):
     ``token`` is the caller's handle for a transaction (a target, a sequence number); it comes
     back with every retransmission and result."""
 
-    def __init__(self, timers: TimerConfig, *, reliable: bool) -> None:
+    def __init__(self, timers: TimerConfig, *, reliable: bool, lazy_timer_k: bool = False) -> None:
         self.timers = timers
         self.reliable = reliable
+        self.lazy_timer_k = lazy_timer_k
         self._active: dict[tuple[str, str], _Txn[T]] = {}
         self._stages: list[deque[_Txn[T]]] = [deque()]
         self._intervals = [timers.t1]  # Timer E interval after j retransmissions while Trying
         self._proceeding: list[tuple[float, int, _Txn[T]]] = []
         self._pushes = 0
         self._lifetime = timers.give_up_after() if reliable else timers.timer_f
-        self._completed: dict[tuple[str, str], float] = {}  # key -> Timer K expiry (UDP)
+        # key -> (Timer K expiry, token), UDP only
+        self._completed: dict[tuple[str, str], tuple[float, T]] = {}
         self._timer_k: deque[tuple[float, tuple[str, str]]] = deque()
         self.unmatched = 0  # responses that matched no transaction
         self.absorbed = 0  # retransmitted responses absorbed in Completed
@@ -90,9 +98,10 @@ class ClientTable(Generic[T]):
         """Transactions in flight (Trying or Proceeding)."""
         return len(self._active)
 
-    def start(self, branch: str, method: str, data: bytes, now: float, token: T) -> None:
+    def start(self, branch: str, method: str, data: bytes, now: float, token: T) -> float:
         """A new transaction whose first transmission of ``data`` the caller makes at ``now``;
-        ``branch`` and ``method`` are its top Via branch and CSeq method."""
+        ``branch`` and ``method`` are its top Via branch and CSeq method. Returns its first
+        timer (what ``get_timer`` says for it)."""
         if method in ("INVITE", "ACK"):
             raise LocalProtocolError(f"{method} is not a non-INVITE transaction")
         if not branch:
@@ -100,11 +109,14 @@ class ClientTable(Generic[T]):
         key = (branch, method)
         if key in self._active:
             raise LocalProtocolError(f"transaction {branch} {method} already in flight")
+        if self.lazy_timer_k:
+            self._expire_timer_k(now)
         self._completed.pop(key, None)
         e = now + self.timers.t1 if not self.reliable else float("inf")
         txn = _Txn(key, token, data, now, e, now + self._lifetime)
         self._active[key] = txn
         self._stages[0].append(txn)
+        return txn.due
 
     def receive(
         self,
@@ -121,7 +133,7 @@ class ClientTable(Generic[T]):
         key = (branch or "", method)
         txn = self._active.get(key)
         if txn is None:
-            if key in self._completed:
+            if self.completed_token(key[0], method, now) is not None:
                 self.absorbed += 1
             else:
                 self.unmatched += 1
@@ -143,7 +155,7 @@ class ClientTable(Generic[T]):
         txn.stage = _DONE
         if not self.reliable:
             expiry = now + self.timers.t4
-            self._completed[key] = expiry
+            self._completed[key] = (expiry, txn.token)
             self._timer_k.append((expiry, key))
         result = TransactionResult(
             status,
@@ -158,6 +170,33 @@ class ClientTable(Generic[T]):
             txn.provisional_rtt,
         )
         return txn.token, result
+
+    def token_of(self, branch: str, method: str) -> T | None:
+        """The token of the transaction in flight with this key, or None."""
+        txn = self._active.get((branch, method))
+        return None if txn is None else txn.token
+
+    def completed_token(self, branch: str, method: str, now: float) -> T | None:
+        """The token of a completed transaction whose Timer K has not fired by ``now`` (its
+        retransmitted responses are absorbed), or None."""
+        entry = self._completed.get((branch, method))
+        if entry is None or (self.lazy_timer_k and entry[0] <= now):
+            return None
+        return entry[1]
+
+    def in_flight(self) -> list[tuple[str, str, T]]:
+        """(branch, method, token) of every transaction in flight."""
+        return [(key[0], key[1], txn.token) for key, txn in self._active.items()]
+
+    def fail(
+        self, branch: str, method: str, now: float, detail: str
+    ) -> tuple[T, TransactionResult] | None:
+        """The transport failed for this one transaction (an ICMP error for its request, a
+        send that raised): a 503 now (§8.1.3.1). None if it is not in flight."""
+        txn = self._active.pop((branch, method), None)
+        if txn is None:
+            return None
+        return self._fail(txn, now, 503, Cause.TRANSPORT_ERROR, detail)
 
     def transport_error(self, now: float, detail: str) -> list[tuple[T, TransactionResult]]:
         """RFC 3261 §17.1.4 / §8.1.3.1: the transport failed; every transaction in flight
@@ -182,12 +221,25 @@ class ClientTable(Generic[T]):
             heapq.heappop(heap)
         if heap and (best is None or heap[0][0] < best):
             best = heap[0][0]
+        if self.lazy_timer_k:
+            return best
         timer_k = self._timer_k
-        while timer_k and self._completed.get(timer_k[0][1]) != timer_k[0][0]:
+        while timer_k and not self._is_current(timer_k[0]):
             timer_k.popleft()  # the key was started again
         if timer_k and (best is None or timer_k[0][0] < best):
             best = timer_k[0][0]
         return best
+
+    def _is_current(self, entry: tuple[float, tuple[str, str]]) -> bool:
+        completed = self._completed.get(entry[1])
+        return completed is not None and completed[0] == entry[0]
+
+    def _expire_timer_k(self, now: float) -> None:
+        timer_k = self._timer_k
+        while timer_k and timer_k[0][0] <= now:
+            entry = timer_k.popleft()
+            if self._is_current(entry):
+                del self._completed[entry[1]]
 
     def handle_timer(
         self, now: float
@@ -222,11 +274,7 @@ class ClientTable(Generic[T]):
                 sends.append((txn.token, txn.data))
                 self._pushes += 1
                 heapq.heappush(heap, (txn.due, self._pushes, txn))
-        timer_k = self._timer_k
-        while timer_k and timer_k[0][0] <= now:
-            expiry, key = timer_k.popleft()
-            if self._completed.get(key) == expiry:
-                del self._completed[key]
+        self._expire_timer_k(now)
         return sends, done
 
     def _expire(self, txn: _Txn[T], now: float, done: list[tuple[T, TransactionResult]]) -> bool:
