@@ -129,6 +129,7 @@ class Runtime:
         "sample",
         "sample_version",
         "stun_ka",
+        "table",
         "target",
         "template",
         "udp_ka",
@@ -151,6 +152,9 @@ class Runtime:
         self.stun_ka: stun_ka.StunKeepalive | None = None
         self.mapped: tuple[str, int] | None = None
         self.probing = False
+        # the driver Table of its on-time probes (one per timers): found once per flow, as
+        # looking it up by settings hashes every setting
+        self.table: Table[Probe] | None = None
         self.row_at = -math.inf  # wall time its row was last queued for the store
         # its TargetSample as of q.version: the same object while nothing changed, so that a
         # scrape builds only the changed targets' samples and /metrics can reuse their lines
@@ -545,13 +549,9 @@ class MonitorEngine:
             if deadline - started == s.qualify_timeout and clock.monotonic() - started < 0.001:
                 # sent at once with the whole timeout: one table per settings' timers (no
                 # transaction object, closure or heap entry per probe)
-                timers = _timer_config(s)
-                table = self._tables.get((timers, reliable))
+                table = rt.table
                 if table is None:
-                    table = self._driver.table(
-                        timers, self._table_done, reliable=reliable, needs_response=_CHALLENGES
-                    )
-                    self._tables[(timers, reliable)] = table
+                    table = rt.table = self._table(_timer_config(s), reliable)
                 self._driver.send(table, (rt.flow, rt, deadline, started), branch, "OPTIONS", data)
                 return
         else:
@@ -572,6 +572,15 @@ class MonitorEngine:
             lambda result: self._done(rt, result, deadline, started, authorization),
             needs_response=_CHALLENGES,
         )
+
+    def _table(self, timers: TimerConfig, reliable: bool) -> Table[Probe]:
+        table = self._tables.get((timers, reliable))
+        if table is None:
+            table = self._driver.table(
+                timers, self._table_done, reliable=reliable, needs_response=_CHALLENGES
+            )
+            self._tables[(timers, reliable)] = table
+        return table
 
     def _table_done(self, probe: Probe, result: TransactionResult) -> None:
         self._done(probe[1], result, probe[2], probe[3], None)
@@ -642,25 +651,30 @@ class MonitorEngine:
 
     def _account(self, rt: Runtime, result: TransactionResult) -> None:
         wall = self._wall()
+        q = rt.q
+        settings = q.peer.settings
+        cause = result.cause
         rt.probing = False
-        rt.last_status = result.status
+        rt.last_status = status = result.status
         rt.last_error = result.error
         rt.last_probe_at = wall
-        if result.cause == Cause.TIMEOUT:
-            self.counts["timeout"] += 1
-        elif result.cause == Cause.TRANSPORT_ERROR:
-            self.counts["transport_error"] += 1
-        elif rt.q.settings.accepts(result.status):
-            self.counts["success"] += 1
+        counts = self.counts
+        if cause == Cause.TIMEOUT:
+            counts["timeout"] += 1
+        elif cause == Cause.TRANSPORT_ERROR:
+            counts["transport_error"] += 1
+        elif settings.accepts(status):
+            counts["success"] += 1
         else:
-            self.counts["failure"] += 1
-        transition = rt.q.on_probe_result(result, wall)
+            counts["failure"] += 1
+        transition = q.on_probe_result(result, wall)
+        name = rt.target.name
         rtt = result.rtt_first
         sample = None
         if rtt is not None and result.retransmits == 0:
             # stored in the row of its bucket (rtt_bucket), written once the bucket closes
-            bucket = rtt_bucket(rt.q.settings.qualify_frequency)
-            sample = (rt.name, wall - wall % bucket, rtt)
+            bucket = _bucket(settings.qualify_frequency)
+            sample = (name, wall - wall % bucket, rtt)
         if transition is not None:
             if sample is not None:
                 self.writer.probe(None, sample)
@@ -671,7 +685,7 @@ class MonitorEngine:
         elif sample is not None:
             self.writer.probe(None, sample)
         if not self._refrozen:
-            self._probed.add(rt.name)
+            self._probed.add(name)
             if len(self._probed) >= self._qualified_count():
                 # every target now has its flow, template and RTT buffers: move them out of
                 # the collector's reach too (freezing only at start left ~7 objects per
@@ -680,11 +694,13 @@ class MonitorEngine:
                 self._probed.clear()
                 gc.collect()
                 gc.freeze()
-        name = rt.name
-        if self.runtimes.get(name) is not rt or name not in self.scheduler:
-            pass  # removed or made nonqualified by a reload while this probe was out
-        elif self.scheduler.is_in_flight(name):
-            self.scheduler.finished(name, clock.monotonic(), frequency=rt.q.next_interval())
+        scheduler = self.scheduler
+        # not in flight: removed, or made nonqualified, by a reload while this probe was out
+        if self.runtimes.get(name) is rt and scheduler.is_in_flight(name):
+            when = scheduler.finished(name, clock.monotonic(), frequency=q.next_interval())
+            armed = self._armed_for
+            if armed is not None and when >= armed and not scheduler.queued_count:
+                return  # the loop timer armed comes first, and no key waits for this slot
         self._arm()
 
     def _qualified_count(self) -> int:
@@ -851,6 +867,7 @@ class MonitorEngine:
         flow = rt.flow
         rt.flow = None
         rt.template = None
+        rt.table = None
         if isinstance(flow, KeptFlow):
             flow.on_close = None
             flow.close()
@@ -1013,6 +1030,11 @@ class MonitorEngine:
 
 _MODULES = ("udp", "tcp", "tls", "ws", "wss")
 _CHALLENGES = frozenset((401, 407))
+
+
+@functools.lru_cache(maxsize=64)
+def _bucket(frequency: float) -> float:
+    return rtt_bucket(frequency)
 
 
 def _supported(transport: str | None) -> tuple[str, ...]:
