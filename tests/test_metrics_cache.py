@@ -79,7 +79,7 @@ def test_unchanged_targets_are_not_formatted(monkeypatch: pytest.MonkeyPatch) ->
     formatted: list[int] = []
     real = metrics._format
 
-    def counting(names: list[str], chunk: list[TargetSample]) -> list[list[str]]:
+    def counting(names: list[str], chunk: list[TargetSample]) -> tuple[list[bytes], list[bytes]]:
         formatted.append(len(chunk))
         return real(names, chunk)
 

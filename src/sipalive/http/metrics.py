@@ -52,10 +52,9 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-from array import array
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from itertools import accumulate, chain, compress, repeat
-from operator import attrgetter, eq, is_not, sub
+from itertools import compress, repeat
+from operator import attrgetter, eq, is_not
 
 from sipalive.http.view import (
     STATES,
@@ -125,94 +124,145 @@ def _joined(prefix: str, names: list[str], suffix: str) -> str:
 _STATE_END = {x: {v: f'",state="{x}"}} {v}\n' for v in (0, 1)} for x in STATES}
 
 
-class Rendered:
-    """One chunk's sip_peer_rtt_seconds (kind="last", then kind="srtt") and sip_probes_total
-    lines, as three strings, with where each target's lines end in each (its lines are
-    empty where it has no RTT), and the samples they were made of."""
+class Chunk:
+    """One chunk of targets as a render left it: its samples, their names and states (and
+    the escaped names by state, with their bytes), and per target its sip_peer_rtt_seconds
+    lines (``kind="last"`` then ``"srtt"``; ``b""`` without an RTT) and its four
+    sip_probes_total lines, as bytes, with the byte count of each family's lines. A chunk
+    never changes once made (a body being sent may still read it): :meth:`update` makes
+    another, sharing its unchanged targets' lines."""
 
-    __slots__ = ("ends", "samples", "texts")
+    __slots__ = (
+        "groups", "names", "names_size", "probes", "probes_size", "rtt", "rtt_size", "samples",
+        "states",
+    )  # fmt: skip
 
-    def __init__(self, samples: list[TargetSample], texts: list[str], ends: list[array[int]]):
+    def __init__(
+        self,
+        samples: list[TargetSample],
+        names: list[str],
+        states: list[str],
+        groups: tuple[dict[str, list[str]], int],
+        lines: tuple[list[bytes], list[bytes]],
+        sizes: tuple[int, int],
+    ) -> None:
         self.samples = samples
-        self.texts = texts
-        self.ends = ends
+        self.names = names
+        self.states = states
+        self.groups, self.names_size = groups
+        self.rtt, self.probes = lines
+        self.rtt_size, self.probes_size = sizes
 
     @classmethod
-    def of(cls, samples: list[TargetSample], columns: list[list[str]]) -> Rendered:
-        """From one line string per target and column."""
-        return cls(
-            samples,
-            ["".join(c) for c in columns],
-            [array("L", accumulate(map(len, c))) for c in columns],
+    def of(cls, samples: list[TargetSample]) -> Chunk:
+        """Every target formatted."""
+        names = list(map(_name, samples))
+        states = list(map(_state, samples))
+        rtt, probes = _format(_escaped(names), samples)
+        sizes = sum(map(len, rtt)), sum(map(len, probes))
+        return cls(samples, names, states, _groups(names, states), (rtt, probes), sizes)
+
+    def update(self, samples: list[TargetSample]) -> Chunk:
+        """The chunk of ``samples``: this one when every sample is the one it was made of,
+        else this one's lines for the targets whose sample is and the others' formatted (all
+        of them when most changed, or the count did). Only the changed targets are read:
+        reading every sample and line of 100k targets costs tens of milliseconds in cache
+        misses alone."""
+        n = len(samples)
+        if n != len(self.samples):
+            return Chunk.of(samples)
+        miss = list(compress(range(n), map(is_not, samples, self.samples)))
+        if not miss:
+            return self
+        if 2 * len(miss) > n:
+            return Chunk.of(samples)
+        changed = [samples[k] for k in miss]
+        names, states = self.names, self.states
+        fresh_names = list(map(_name, changed))
+        fresh_states = list(map(_state, changed))
+        groups = self.groups, self.names_size
+        if fresh_names != [names[k] for k in miss] or fresh_states != [states[k] for k in miss]:
+            names = names.copy()
+            states = states.copy()
+            for k, name, state in zip(miss, fresh_names, fresh_states, strict=True):
+                names[k] = name
+                states[k] = state
+            groups = _groups(names, states)
+        fresh_rtt, fresh_probes = _format(_escaped(fresh_names), changed)
+        rtt = self.rtt.copy()
+        probes = self.probes.copy()
+        rtt_size = self.rtt_size + sum(map(len, fresh_rtt)) - sum(len(rtt[k]) for k in miss)
+        probes_size = (
+            self.probes_size + sum(map(len, fresh_probes)) - sum(len(probes[k]) for k in miss)
         )
+        for k, r, p in zip(miss, fresh_rtt, fresh_probes, strict=True):
+            rtt[k] = r
+            probes[k] = p
+        return Chunk(samples, names, states, groups, (rtt, probes), (rtt_size, probes_size))
+
+    @property
+    def size(self) -> int:
+        """The bytes of the chunk's lines in the four families."""
+        up_state = (_UP_BYTES + _STATE_BYTES) * len(self.samples) + 6 * self.names_size
+        return up_state + self.rtt_size + self.probes_size
 
 
 class LineCache:
-    """The previous ``/metrics``' :class:`Rendered` chunks. The engine hands out the same
+    """The previous ``/metrics``' :class:`Chunk` objects. The engine hands out the same
     :class:`TargetSample` object while a target is unchanged, so a target whose sample
-    ``is`` the one its chunk was rendered from reuses its lines (a slice) and only the
-    targets probed since the last scrape are formatted: fewer the closer the scrapes (a
-    scrape ``qualify_frequency`` after the last one formats them all). The chunks hold the
-    body's RTT and counter lines once more, ~40 MB at 100k targets, in a few large strings."""
+    ``is`` the one its chunk was made of keeps its lines and only the targets probed since
+    the last scrape are formatted: fewer the closer the scrapes (a scrape
+    ``qualify_frequency`` after the last one formats them all). The chunks hold the body's
+    RTT and counter lines once more: ~40 MB at 100k targets, two bytes objects per target."""
 
     __slots__ = ("chunks",)
 
     def __init__(self) -> None:
-        self.chunks: list[Rendered] = []
+        self.chunks: list[Chunk] = []
 
 
-def _format(names: list[str], chunk: list[TargetSample]) -> list[list[str]]:
-    """The three columns of :class:`Rendered` for ``chunk`` (``names`` already escaped)."""
+def _escaped(names: list[str]) -> list[str]:
+    return list(map(escape_label, names)) if _needs_escape(names) else names
+
+
+def _rtt(n: str, last: float | None, srtt: float | None) -> bytes:
+    """A target's sip_peer_rtt_seconds lines (``n`` escaped), for any RTTs."""
+    out = "" if last is None else f'{_RTT}{n}",kind="last"}} {last:.6f}\n'
+    if srtt is not None:
+        out += f'{_RTT}{n}",kind="srtt"}} {srtt:.6f}\n'
+    return out.encode()
+
+
+def _format(names: list[str], chunk: list[TargetSample]) -> tuple[list[bytes], list[bytes]]:
+    """The RTT lines and the counter lines of each target of ``chunk`` (``names`` escaped)."""
     pairs = list(zip(names, chunk, strict=True))
-    return [
-        ["" if t.rtt_s is None else f'{_RTT}{n}",kind="last"}} {t.rtt_s:.6f}\n' for n, t in pairs],
+    rejected = [t.failures - t.timeouts - t.transport_errors for t in chunk]
+    return (
         [
-            "" if t.srtt_s is None else f'{_RTT}{n}",kind="srtt"}} {t.srtt_s:.6f}\n'
+            _rtt(n, t.rtt_s, t.srtt_s)
+            if t.rtt_s is None or t.srtt_s is None
+            else (
+                f'{_RTT}{n}",kind="last"}} {t.rtt_s:.6f}\n{_RTT}{n}",kind="srtt"}} {t.srtt_s:.6f}\n'
+            ).encode()
             for n, t in pairs
         ],
         [
-            f'{_PROBES}{n}",result="success"}} {t.successes}\n'
-            f'{_PROBES}{n}",result="rejected"}} {t.failures - t.timeouts - t.transport_errors}\n'
-            f'{_PROBES}{n}",result="timeout"}} {t.timeouts}\n'
-            f'{_PROBES}{n}",result="transport_error"}} {t.transport_errors}\n'
-            for n, t in pairs
+            (
+                f'{_PROBES}{n}",result="success"}} {t.successes}\n'
+                f'{_PROBES}{n}",result="rejected"}} {r}\n'
+                f'{_PROBES}{n}",result="timeout"}} {t.timeouts}\n'
+                f'{_PROBES}{n}",result="transport_error"}} {t.transport_errors}\n'
+            ).encode()
+            for (n, t), r in zip(pairs, rejected, strict=True)
         ],
-    ]
+    )
 
 
-def _render(names: list[str], chunk: list[TargetSample], old: Rendered | None) -> Rendered:
-    """``chunk``'s lines, the runs of targets whose sample ``old`` was made of sliced out of
-    it, the others formatted; everything formatted when most changed (cheaper)."""
-    if old is None:
-        return Rendered.of(chunk, _format(names, chunk))
-    n, m = len(chunk), len(old.samples)
-    kept = min(n, m)
-    miss = list(compress(range(kept), map(is_not, chunk, old.samples)))
-    if not miss and n == m:
-        return old
-    miss += range(kept, n)
-    if 2 * len(miss) > n:
-        return Rendered.of(chunk, _format(names, chunk))
-    fresh = _format([names[k] for k in miss], [chunk[k] for k in miss])
-    texts = []
-    all_ends = []
-    for text, ends, lines in zip(old.texts, old.ends, fresh, strict=True):
-        pieces = []
-        run = 0  # the first target of the current run of unchanged ones
-        for k, line in zip(miss, lines, strict=True):
-            if run < k:
-                pieces.append(text[ends[run - 1] if run else 0 : ends[k - 1]])
-            pieces.append(line)
-            run = k + 1
-        if run < kept:
-            pieces.append(text[ends[run - 1] if run else 0 : ends[kept - 1]])
-        texts.append("".join(pieces))
-        lengths = list(map(sub, ends[:kept], chain((0,), ends)))
-        lengths += repeat(0, n - kept)
-        for k, line in zip(miss, lines, strict=True):
-            lengths[k] = len(line)
-        all_ends.append(array("L", accumulate(lengths)))
-    return Rendered(chunk, texts, all_ends)
+def _groups(names: list[str], states: list[str]) -> tuple[dict[str, list[str]], int]:
+    """The escaped ``names`` by state, and their bytes."""
+    escaped = _escaped(names)
+    groups = {s: list(compress(escaped, map(eq, states, repeat(s)))) for s in dict.fromkeys(states)}
+    return groups, _size("".join(escaped))
 
 
 def _size(text: str) -> int:
@@ -232,11 +282,11 @@ _STATE_BYTES = sum(len(_STATE) + len(_STATE_END[label][0]) for label in STATES)
 
 
 class TargetFamilies:
-    """The per-target families: :meth:`add` walks the targets chunk by chunk (and counts
-    the body's bytes), :meth:`pieces` then makes the body family by family, one chunk's
-    lines at a time, so that only one piece of it exists at once besides the ``cache``.
-    With a ``cache``, a target unchanged since the last render is not formatted again (the
-    body is the same bytes either way), and the cache gets this render's chunks."""
+    """The per-target families: :meth:`add` walks the targets chunk by chunk (formatting
+    what changed, counting the body's bytes), :meth:`pieces` then makes the body family by
+    family, one chunk's lines at a time. With a ``cache``, a target unchanged since the
+    last render is not formatted again (the body is the same bytes either way), and the
+    cache gets this render's chunks; without one every target is formatted."""
 
     __slots__ = ("_cache", "_chunks", "by_state", "size")
 
@@ -244,37 +294,26 @@ class TargetFamilies:
         self.by_state: dict[str, int] = dict.fromkeys(STATES, 0)
         self.size = sum(map(len, _HEADERS))
         self._cache = cache
-        # Per chunk: its (escaped) names by state and its Rendered lines.
-        self._chunks: list[tuple[dict[str, list[str]], Rendered]] = []
+        self._chunks: list[Chunk] = []
 
-    def add(self, chunk: Sequence[TargetSample]) -> None:
-        chunk = list(chunk)
-        names = list(map(_name, chunk))
-        if _needs_escape(names):
-            names = list(map(escape_label, names))
-        states = list(map(_state, chunk))
-        groups = {
-            s: list(compress(names, map(eq, states, repeat(s)))) for s in dict.fromkeys(states)
-        }
-        for state, group in groups.items():
-            self.by_state[state] = self.by_state.get(state, 0) + len(group)
+    def add(self, samples: Sequence[TargetSample]) -> None:
         cache = self._cache
         at = len(self._chunks)
         if cache is None:
-            rendered = Rendered.of(chunk, _format(names, chunk))
+            chunk = Chunk.of(list(samples))
         else:
             chunks = cache.chunks
-            rendered = _render(names, chunk, chunks[at] if at < len(chunks) else None)
+            chunk = (
+                chunks[at].update(list(samples)) if at < len(chunks) else Chunk.of(list(samples))
+            )
             if at < len(chunks):
-                chunks[at] = rendered  # the old one is freed now, not after the whole render
+                chunks[at] = chunk  # the old one is freed now, not after the whole render
             else:
-                chunks.append(rendered)
-        self._chunks.append((groups, rendered))
-        self.size += (
-            (_UP_BYTES + _STATE_BYTES) * len(chunk)
-            + 6 * _size("".join(names))
-            + sum(map(_size, rendered.texts))
-        )
+                chunks.append(chunk)
+        self._chunks.append(chunk)
+        for state, group in chunk.groups.items():
+            self.by_state[state] = self.by_state.get(state, 0) + len(group)
+        self.size += chunk.size
 
     def done(self) -> None:
         """The render is over: forget cached chunks beyond the view's end."""
@@ -285,25 +324,25 @@ class TargetFamilies:
         """The families' bytes (:attr:`size` of them), a header or a chunk's lines each."""
         up_header, state_header, rtt_header, probes_header = _HEADERS
         yield up_header
-        for groups, _ in self._chunks:
+        for chunk in self._chunks:
+            groups = chunk.groups
             up = [n for s, g in groups.items() if s in UP_STATES for n in g]
             down = [n for s, g in groups.items() if s not in UP_STATES for n in g]
             yield (_joined(_UP, up, '"} 1\n') + _joined(_UP, down, '"} 0\n')).encode()
         yield state_header
-        for groups, _ in self._chunks:
+        for chunk in self._chunks:
             yield "".join(
                 _joined(_STATE, group, _STATE_END[label][int(state == label)])
                 for label in STATES
-                for state, group in groups.items()
+                for state, group in chunk.groups.items()
             ).encode()
         yield rtt_header
-        for _, rendered in self._chunks:
-            last, srtt, _probes = rendered.texts
-            if last or srtt:
-                yield (last + srtt).encode()
+        for chunk in self._chunks:
+            if chunk.rtt_size:
+                yield b"".join(chunk.rtt)
         yield probes_header
-        for _, rendered in self._chunks:
-            yield rendered.texts[2].encode()
+        for chunk in self._chunks:
+            yield b"".join(chunk.probes)
 
 
 async def contact_metrics(contacts: Sequence[ContactView], chunk: int = CHUNK) -> str:
