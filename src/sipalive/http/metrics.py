@@ -53,7 +53,7 @@ import asyncio
 import math
 import os
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from itertools import compress, repeat
+from itertools import chain, compress, repeat
 from operator import attrgetter, eq, is_not
 
 from sipalive.http.view import (
@@ -125,62 +125,53 @@ _STATE_END = {x: {v: f'",state="{x}"}} {v}\n' for v in (0, 1)} for x in STATES}
 
 
 class Chunk:
-    """One chunk of targets as a render left it: its samples, their names and states (and
-    the escaped names by state, with their bytes), and per target its sip_peer_rtt_seconds
-    lines (``kind="last"`` then ``"srtt"``; ``b""`` without an RTT) and its four
-    sip_probes_total lines, as bytes, with the byte count of each family's lines. A chunk
-    never changes once made (a body being sent may still read it): :meth:`update` makes
-    another, sharing its unchanged targets' lines."""
+    """One chunk of targets as a render read them: their samples, names and states (and the
+    escaped names by state), and, once :meth:`lines` made them, per target its
+    sip_peer_rtt_seconds lines (``kind="last"`` then ``"srtt"``; ``b""`` without an RTT)
+    and its four sip_probes_total lines, as bytes. :meth:`update` makes the next render's
+    chunk, which shares this one's lines for the unchanged targets; a chunk's lines never
+    change once made (a body being sent may still read them)."""
 
-    __slots__ = (
-        "groups", "names", "names_size", "probes", "probes_size", "rtt", "rtt_size", "samples",
-        "states",
-    )  # fmt: skip
+    __slots__ = ("_base", "_lines", "groups", "names", "samples", "states")
 
     def __init__(
         self,
         samples: list[TargetSample],
         names: list[str],
         states: list[str],
-        groups: tuple[dict[str, list[str]], int],
-        lines: tuple[list[bytes], list[bytes]],
-        sizes: tuple[int, int],
+        groups: dict[str, list[str]],
+        base: Chunk | None,
     ) -> None:
         self.samples = samples
         self.names = names
         self.states = states
-        self.groups, self.names_size = groups
-        self.rtt, self.probes = lines
-        self.rtt_size, self.probes_size = sizes
+        self.groups = groups
+        self._base = base  # the chunk whose lines this one's start from; None: format all
+        self._lines: tuple[list[bytes], list[bytes]] | None = None
 
     @classmethod
     def of(cls, samples: list[TargetSample]) -> Chunk:
-        """Every target formatted."""
+        """A chunk whose lines are all formatted."""
         names = list(map(_name, samples))
         states = list(map(_state, samples))
-        rtt, probes = _format(_escaped(names), samples)
-        sizes = sum(map(len, rtt)), sum(map(len, probes))
-        return cls(samples, names, states, _groups(names, states), (rtt, probes), sizes)
+        return cls(samples, names, states, _groups(names, states), None)
 
     def update(self, samples: list[TargetSample]) -> Chunk:
         """The chunk of ``samples``: this one when every sample is the one it was made of,
-        else this one's lines for the targets whose sample is and the others' formatted (all
-        of them when most changed, or the count did). Only the changed targets are read:
-        reading every sample and line of 100k targets costs tens of milliseconds in cache
-        misses alone."""
+        else one that takes this one's lines for the targets whose sample is (all formatted
+        when most changed, or the count did, or this one's lines were never made). Only the
+        changed targets are read: reading every sample of 100k targets costs milliseconds
+        in cache misses alone."""
         n = len(samples)
-        if n != len(self.samples):
+        if n != len(self.samples) or self._lines is None:
             return Chunk.of(samples)
         miss = list(compress(range(n), map(is_not, samples, self.samples)))
         if not miss:
             return self
-        if 2 * len(miss) > n:
-            return Chunk.of(samples)
         changed = [samples[k] for k in miss]
-        names, states = self.names, self.states
+        names, states, groups = self.names, self.states, self.groups
         fresh_names = list(map(_name, changed))
         fresh_states = list(map(_state, changed))
-        groups = self.groups, self.names_size
         if fresh_names != [names[k] for k in miss] or fresh_states != [states[k] for k in miss]:
             names = names.copy()
             states = states.copy()
@@ -188,23 +179,28 @@ class Chunk:
                 names[k] = name
                 states[k] = state
             groups = _groups(names, states)
-        fresh_rtt, fresh_probes = _format(_escaped(fresh_names), changed)
-        rtt = self.rtt.copy()
-        probes = self.probes.copy()
-        rtt_size = self.rtt_size + sum(map(len, fresh_rtt)) - sum(len(rtt[k]) for k in miss)
-        probes_size = (
-            self.probes_size + sum(map(len, fresh_probes)) - sum(len(probes[k]) for k in miss)
-        )
-        for k, r, p in zip(miss, fresh_rtt, fresh_probes, strict=True):
-            rtt[k] = r
-            probes[k] = p
-        return Chunk(samples, names, states, groups, (rtt, probes), (rtt_size, probes_size))
+        return Chunk(samples, names, states, groups, None if 2 * len(miss) > n else self)
 
-    @property
-    def size(self) -> int:
-        """The bytes of the chunk's lines in the four families."""
-        up_state = (_UP_BYTES + _STATE_BYTES) * len(self.samples) + 6 * self.names_size
-        return up_state + self.rtt_size + self.probes_size
+    def lines(self) -> tuple[list[bytes], list[bytes]]:
+        """The RTT lines and the counter lines of each target, made at the first call."""
+        if self._lines is None:
+            base, self._base = self._base, None
+            samples = self.samples
+            if base is None:
+                self._lines = _format(_escaped(self.names), samples)
+            else:
+                rtt, probes = base.lines()
+                miss = list(compress(range(len(samples)), map(is_not, samples, base.samples)))
+                fresh_rtt, fresh_probes = _format(
+                    _escaped([self.names[k] for k in miss]), [samples[k] for k in miss]
+                )
+                rtt = rtt.copy()
+                probes = probes.copy()
+                for k, r, p in zip(miss, fresh_rtt, fresh_probes, strict=True):
+                    rtt[k] = r
+                    probes[k] = p
+                self._lines = rtt, probes
+        return self._lines
 
 
 class LineCache:
@@ -258,16 +254,10 @@ def _format(names: list[str], chunk: list[TargetSample]) -> tuple[list[bytes], l
     )
 
 
-def _groups(names: list[str], states: list[str]) -> tuple[dict[str, list[str]], int]:
-    """The escaped ``names`` by state, and their bytes."""
+def _groups(names: list[str], states: list[str]) -> dict[str, list[str]]:
+    """The escaped ``names`` by state."""
     escaped = _escaped(names)
-    groups = {s: list(compress(escaped, map(eq, states, repeat(s)))) for s in dict.fromkeys(states)}
-    return groups, _size("".join(escaped))
-
-
-def _size(text: str) -> int:
-    """``len(text.encode())`` without the copy when ``text`` is ASCII."""
-    return len(text) if text.isascii() else len(text.encode())
+    return {s: list(compress(escaped, map(eq, states, repeat(s)))) for s in dict.fromkeys(states)}
 
 
 _HEADERS = [
@@ -276,27 +266,25 @@ _HEADERS = [
     header("sip_peer_rtt_seconds", "gauge", "Round-trip time: last and smoothed.").encode(),
     header("sip_probes_total", "counter", "Qualify probes by result.").encode(),
 ]
-# The bytes of one target's sip_peer_up and sip_peer_state lines, besides its name (5 times).
-_UP_BYTES = len(_UP) + len('"} 1\n')
-_STATE_BYTES = sum(len(_STATE) + len(_STATE_END[label][0]) for label in STATES)
 
 
 class TargetFamilies:
-    """The per-target families: :meth:`add` walks the targets chunk by chunk (formatting
-    what changed, counting the body's bytes), :meth:`pieces` then makes the body family by
-    family, one chunk's lines at a time. With a ``cache``, a target unchanged since the
-    last render is not formatted again (the body is the same bytes either way), and the
-    cache gets this render's chunks; without one every target is formatted."""
+    """The per-target families of one render: :meth:`add` reads a chunk of targets (which
+    targets changed, their states) and gives its sip_peer_up lines; :meth:`rest` then makes
+    the three other families, one chunk's lines at a time, formatting what changed as it
+    goes. With a ``cache``, a target unchanged since the last render is not formatted again
+    (the body is the same bytes either way), and the cache gets this render's chunks;
+    without one every target is formatted."""
 
-    __slots__ = ("_cache", "_chunks", "by_state", "size")
+    __slots__ = ("_cache", "_chunks", "by_state")
 
     def __init__(self, cache: LineCache | None = None) -> None:
         self.by_state: dict[str, int] = dict.fromkeys(STATES, 0)
-        self.size = sum(map(len, _HEADERS))
         self._cache = cache
         self._chunks: list[Chunk] = []
 
-    def add(self, samples: Sequence[TargetSample]) -> None:
+    def add(self, samples: Sequence[TargetSample]) -> bytes:
+        """Read a chunk of targets; its sip_peer_up lines."""
         cache = self._cache
         at = len(self._chunks)
         if cache is None:
@@ -307,28 +295,26 @@ class TargetFamilies:
                 chunks[at].update(list(samples)) if at < len(chunks) else Chunk.of(list(samples))
             )
             if at < len(chunks):
-                chunks[at] = chunk  # the old one is freed now, not after the whole render
+                chunks[at] = chunk
             else:
                 chunks.append(chunk)
         self._chunks.append(chunk)
-        for state, group in chunk.groups.items():
+        groups = chunk.groups
+        for state, group in groups.items():
             self.by_state[state] = self.by_state.get(state, 0) + len(group)
-        self.size += chunk.size
+        up = list(chain.from_iterable(g for s, g in groups.items() if s in UP_STATES))
+        down = list(chain.from_iterable(g for s, g in groups.items() if s not in UP_STATES))
+        return (_joined(_UP, up, '"} 1\n') + _joined(_UP, down, '"} 0\n')).encode()
 
     def done(self) -> None:
-        """The render is over: forget cached chunks beyond the view's end."""
+        """Every target was read: forget cached chunks beyond the view's end."""
         if self._cache is not None:
             del self._cache.chunks[len(self._chunks) :]
 
-    def pieces(self) -> Iterator[bytes]:
-        """The families' bytes (:attr:`size` of them), a header or a chunk's lines each."""
-        up_header, state_header, rtt_header, probes_header = _HEADERS
-        yield up_header
-        for chunk in self._chunks:
-            groups = chunk.groups
-            up = [n for s, g in groups.items() if s in UP_STATES for n in g]
-            down = [n for s, g in groups.items() if s not in UP_STATES for n in g]
-            yield (_joined(_UP, up, '"} 1\n') + _joined(_UP, down, '"} 0\n')).encode()
+    def rest(self) -> Iterator[bytes]:
+        """sip_peer_state, sip_peer_rtt_seconds and sip_probes_total: a header or a chunk's
+        lines each (never empty)."""
+        _, state_header, rtt_header, probes_header = _HEADERS
         yield state_header
         for chunk in self._chunks:
             yield "".join(
@@ -338,11 +324,12 @@ class TargetFamilies:
             ).encode()
         yield rtt_header
         for chunk in self._chunks:
-            if chunk.rtt_size:
-                yield b"".join(chunk.rtt)
+            rtt = b"".join(chunk.lines()[0])
+            if rtt:
+                yield rtt
         yield probes_header
         for chunk in self._chunks:
-            yield b"".join(chunk.probes)
+            yield b"".join(chunk.lines()[1])
 
 
 async def contact_metrics(contacts: Sequence[ContactView], chunk: int = CHUNK) -> str:
@@ -448,44 +435,53 @@ def process_metrics(proc: str = "/proc/self") -> str:
 
 
 class Body:
-    """A ``/metrics`` body: its :attr:`size` in bytes, and its pieces, made as they are
-    iterated (yielding to the loop after each)."""
+    """A ``/metrics`` body, made as it is iterated (yielding to the loop after each piece):
+    the targets are read at the first piece, then the families are made one after the
+    other, a header or a chunk's lines at a time. Its length is known only at the end."""
 
-    __slots__ = ("_families", "_tail", "size")
+    __slots__ = ("_cache", "_chunk", "_previous_render_s", "_view")
 
-    def __init__(self, families: TargetFamilies, tail: bytes) -> None:
-        self._families = families
-        self._tail = tail
-        self.size = families.size + len(tail)
+    def __init__(
+        self,
+        view: MonitorView,
+        chunk: int,
+        previous_render_s: float | None,
+        cache: LineCache | None,
+    ) -> None:
+        self._view = view
+        self._chunk = chunk
+        self._previous_render_s = previous_render_s
+        self._cache = cache
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        for piece in self._families.pieces():
+        view, chunk = self._view, self._chunk
+        targets = view.samples()
+        stats = view.stats()
+        families = TargetFamilies(self._cache)
+        yield _HEADERS[0]
+        for start in range(0, len(targets), chunk):
+            yield families.add(targets[start : start + chunk])
+            await asyncio.sleep(0)
+        families.done()
+        for piece in families.rest():
             yield piece
             await asyncio.sleep(0)
-        yield self._tail
+        contacts = contacts_of(view)
+        tail = "" if contacts is None else await contact_metrics(contacts, chunk)
+        tail += engine_metrics(stats, families.by_state, self._previous_render_s)
+        yield (tail + process_metrics()).encode()
 
 
-async def render_metrics(
+def render_metrics(
     view: MonitorView,
     *,
     chunk: int = CHUNK,
     previous_render_s: float | None = None,
     cache: LineCache | None = None,
 ) -> Body:
-    """The ``/metrics`` body, its targets walked in chunks of ``chunk`` (yielding to the loop
-    after each); ``cache``: the previous render's lines, replaced by this one's
-    (:class:`LineCache`). The lines that are not cached are made as the body is sent."""
-    targets = view.samples()
-    stats = view.stats()
-    families = TargetFamilies(cache)
-    for start in range(0, len(targets), chunk):
-        families.add(targets[start : start + chunk])
-        await asyncio.sleep(0)
-    families.done()
-    contacts = contacts_of(view)
-    tail = "" if contacts is None else await contact_metrics(contacts, chunk)
-    tail += engine_metrics(stats, families.by_state, previous_render_s) + process_metrics()
-    return Body(families, tail.encode())
+    """The ``/metrics`` body of ``view``, its targets read in chunks of ``chunk``;
+    ``cache``: the previous render's lines, replaced by this one's (:class:`LineCache`)."""
+    return Body(view, chunk, previous_render_s, cache)
 
 
 def render_probe(report: ProbeReport) -> str:
