@@ -24,27 +24,35 @@ then the engine's (``sipalive_*``: targets, targets by state, probes in flight, 
 scheduler lag p99, start time, how long the previous scrape took to its last byte sent) and the
 process's, read from ``/proc`` as the Prometheus client libraries name them (``process_*``).
 
-Rendering 100k targets. That is 1.2 million lines (about 70 MB): formatting them one
+Rendering 100k targets. That is 1.2 million lines (about 63 MB): formatting them one
 ``f``-string each took 0.4 to 0.8 s here, so :class:`TargetFamilies` formats as little as it can
 in Python. Lines whose value is a constant (``sip_peer_up``, ``sip_peer_state``) are not
 formatted at all: the target names of one state are joined with a separator that closes one
 line and opens the next, a single C-level ``str.join`` per (family, state). RTTs are written
-with ``:.6f`` (microseconds), three times cheaper than ``repr``. The format wants each family
-in one group: the targets are walked once (counting the body's bytes, for its length), then
-the body is made family by family, a chunk's lines at a time, as it is sent.
-The monitor's ``/metrics`` passes a :class:`LineCache`: the RTT and counter lines of a target
-whose sample has not changed since the last scrape are sliced out of the last render instead
-(by runs), so a scrape formats only the targets probed since the previous one.
+with ``:.6f`` (microseconds), three times cheaper than ``repr``. A target's RTT lines are one
+bytes object, its counter lines another: the monitor's ``/metrics`` passes a :class:`LineCache`
+holding them per :class:`Chunk` of targets, and a target whose sample is the very object its
+chunk was made of keeps its lines, so a scrape formats only the targets probed since the
+previous one, and reads nothing else of the others (not their names, not their lines' lengths:
+at 100k targets, touching every object costs tens of milliseconds in cache misses alone). The
+sip_peer_up/sip_peer_state lines (~25 MB) are not cached: they would cost their bytes in RSS.
 
-Not blocking the loop. :func:`render_metrics` reads ``view.samples()`` (which the engine builds
-as they are read, a tuple per target) and formats them in chunks of :data:`CHUNK` targets,
-yielding to the event loop between chunks.
-Rendering the same snapshot in a worker thread was measured too (100k targets, 2 cores): the
-totals were alike (150-250 ms either way), but the loop stalls were smaller and steadier with
-chunks (6-8 ms, against 8-15 ms whenever the loop had to win the GIL back from the thread), and
-chunks keep every read of the engine's objects on the loop's thread. The result is a
-:class:`Body` whose pieces are made while the handler streams them, so the ~70 MB body never
-exists at once (it did, as pieces, until the monitor's peak RSS reached 405 MB at 100k).
+Streaming. The body is sent with chunked transfer encoding, made as it is sent, so it never
+exists at once (when it did, as pieces, the monitor's peak RSS reached 405 MB at 100k) and no
+length is needed beforehand: the targets are read (their states, which changed) while the
+sip_peer_up lines go out, then the lines of the other families are made, changed targets
+formatted, one chunk at a time while the client reads the previous ones. It was sent with a
+Content-Length before, which needed a first walk of every target, formatting included, before
+the first byte (70-130 ms at 100k targets); see bench/README.md for the numbers.
+
+Not blocking the loop. The targets (``view.samples()``, which the engine builds as they are
+read, a tuple per target, the same object while a target is unchanged) are read in chunks of
+:data:`CHUNK` targets and every piece of the body is one chunk's lines, with a yield to the
+event loop between them. Rendering the same snapshot in a worker thread was measured too
+(100k targets, 2 cores): the totals were alike (150-250 ms either way), but the loop stalls
+were smaller and steadier with chunks (6-8 ms, against 8-15 ms whenever the loop had to win the
+GIL back from the thread), and chunks keep every read of the engine's objects on the loop's
+thread.
 """
 
 from __future__ import annotations
