@@ -159,7 +159,7 @@ class Chunk:
 
     @classmethod
     def of(cls, samples: list[TargetSample]) -> Chunk:
-        """A chunk whose lines are all formatted."""
+        """A chunk whose lines will all be formatted (no older chunk to take them from)."""
         names = list(map(_name, samples))
         states = list(map(_state, samples))
         return cls(samples, names, states, _groups(names, states), None)
