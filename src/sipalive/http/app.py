@@ -427,11 +427,11 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
 async def metrics(request: web.Request) -> web.StreamResponse:
     scrapes = request.app[SCRAPES]
     start = clock.monotonic()
-    body = await render_metrics(
+    body = render_metrics(
         request.app[VIEW], previous_render_s=scrapes.last_render_s, cache=scrapes.lines
     )
     response = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE})
-    response.content_length = body.size
+    response.enable_chunked_encoding()  # its length is known only at its end
     await response.prepare(request)
     if request.method != "HEAD":
         async for piece in body:  # made as it is sent: the whole body never exists at once

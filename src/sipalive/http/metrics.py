@@ -24,27 +24,35 @@ then the engine's (``sipalive_*``: targets, targets by state, probes in flight, 
 scheduler lag p99, start time, how long the previous scrape took to its last byte sent) and the
 process's, read from ``/proc`` as the Prometheus client libraries name them (``process_*``).
 
-Rendering 100k targets. That is 1.2 million lines (about 70 MB): formatting them one
+Rendering 100k targets. That is 1.2 million lines (about 63 MB): formatting them one
 ``f``-string each took 0.4 to 0.8 s here, so :class:`TargetFamilies` formats as little as it can
 in Python. Lines whose value is a constant (``sip_peer_up``, ``sip_peer_state``) are not
 formatted at all: the target names of one state are joined with a separator that closes one
 line and opens the next, a single C-level ``str.join`` per (family, state). RTTs are written
-with ``:.6f`` (microseconds), three times cheaper than ``repr``. The format wants each family
-in one group: the targets are walked once (counting the body's bytes, for its length), then
-the body is made family by family, a chunk's lines at a time, as it is sent.
-The monitor's ``/metrics`` passes a :class:`LineCache`: the RTT and counter lines of a target
-whose sample has not changed since the last scrape are sliced out of the last render instead
-(by runs), so a scrape formats only the targets probed since the previous one.
+with ``:.6f`` (microseconds), three times cheaper than ``repr``. A target's RTT lines are one
+bytes object, its counter lines another: the monitor's ``/metrics`` passes a :class:`LineCache`
+holding them per :class:`Chunk` of targets, and a target whose sample is the very object its
+chunk was made of keeps its lines, so a scrape formats only the targets probed since the
+previous one, and reads nothing else of the others (not their names, not their lines' lengths:
+at 100k targets, touching every object costs tens of milliseconds in cache misses alone). The
+sip_peer_up/sip_peer_state lines (~25 MB) are not cached: they would cost their bytes in RSS.
 
-Not blocking the loop. :func:`render_metrics` reads ``view.samples()`` (which the engine builds
-as they are read, a tuple per target) and formats them in chunks of :data:`CHUNK` targets,
-yielding to the event loop between chunks.
-Rendering the same snapshot in a worker thread was measured too (100k targets, 2 cores): the
-totals were alike (150-250 ms either way), but the loop stalls were smaller and steadier with
-chunks (6-8 ms, against 8-15 ms whenever the loop had to win the GIL back from the thread), and
-chunks keep every read of the engine's objects on the loop's thread. The result is a
-:class:`Body` whose pieces are made while the handler streams them, so the ~70 MB body never
-exists at once (it did, as pieces, until the monitor's peak RSS reached 405 MB at 100k).
+Streaming. The body is sent with chunked transfer encoding, made as it is sent, so it never
+exists at once (when it did, as pieces, the monitor's peak RSS reached 405 MB at 100k) and no
+length is needed beforehand: the targets are read (their states, which changed) while the
+sip_peer_up lines go out, then the lines of the other families are made, changed targets
+formatted, one chunk at a time while the client reads the previous ones. It was sent with a
+Content-Length before, which needed a first walk of every target, formatting included, before
+the first byte (70-130 ms at 100k targets); see bench/README.md for the numbers.
+
+Not blocking the loop. The targets (``view.samples()``, which the engine builds as they are
+read, a tuple per target, the same object while a target is unchanged) are read in chunks of
+:data:`CHUNK` targets and every piece of the body is one chunk's lines, with a yield to the
+event loop between them. Rendering the same snapshot in a worker thread was measured too
+(100k targets, 2 cores): the totals were alike (150-250 ms either way), but the loop stalls
+were smaller and steadier with chunks (6-8 ms, against 8-15 ms whenever the loop had to win the
+GIL back from the thread), and chunks keep every read of the engine's objects on the loop's
+thread.
 """
 
 from __future__ import annotations
@@ -52,10 +60,9 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-from array import array
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from itertools import accumulate, chain, compress, repeat
-from operator import attrgetter, eq, is_not, sub
+from itertools import chain, compress, repeat
+from operator import attrgetter, eq, is_not
 
 from sipalive.http.view import (
     STATES,
@@ -125,99 +132,140 @@ def _joined(prefix: str, names: list[str], suffix: str) -> str:
 _STATE_END = {x: {v: f'",state="{x}"}} {v}\n' for v in (0, 1)} for x in STATES}
 
 
-class Rendered:
-    """One chunk's sip_peer_rtt_seconds (kind="last", then kind="srtt") and sip_probes_total
-    lines, as three strings, with where each target's lines end in each (its lines are
-    empty where it has no RTT), and the samples they were made of."""
+class Chunk:
+    """One chunk of targets as a render read them: their samples, names and states (and the
+    escaped names by state), and, once :meth:`lines` made them, per target its
+    sip_peer_rtt_seconds lines (``kind="last"`` then ``"srtt"``; ``b""`` without an RTT)
+    and its four sip_probes_total lines, as bytes. :meth:`update` makes the next render's
+    chunk, which shares this one's lines for the unchanged targets; a chunk's lines never
+    change once made (a body being sent may still read them)."""
 
-    __slots__ = ("ends", "samples", "texts")
+    __slots__ = ("_base", "_lines", "groups", "names", "samples", "states")
 
-    def __init__(self, samples: list[TargetSample], texts: list[str], ends: list[array[int]]):
+    def __init__(
+        self,
+        samples: list[TargetSample],
+        names: list[str],
+        states: list[str],
+        groups: dict[str, list[str]],
+        base: Chunk | None,
+    ) -> None:
         self.samples = samples
-        self.texts = texts
-        self.ends = ends
+        self.names = names
+        self.states = states
+        self.groups = groups
+        self._base = base  # the chunk whose lines this one's start from; None: format all
+        self._lines: tuple[list[bytes], list[bytes]] | None = None
 
     @classmethod
-    def of(cls, samples: list[TargetSample], columns: list[list[str]]) -> Rendered:
-        """From one line string per target and column."""
-        return cls(
-            samples,
-            ["".join(c) for c in columns],
-            [array("L", accumulate(map(len, c))) for c in columns],
-        )
+    def of(cls, samples: list[TargetSample]) -> Chunk:
+        """A chunk whose lines will all be formatted (no older chunk to take them from)."""
+        names = list(map(_name, samples))
+        states = list(map(_state, samples))
+        return cls(samples, names, states, _groups(names, states), None)
+
+    def update(self, samples: list[TargetSample]) -> Chunk:
+        """The chunk of ``samples``: this one when every sample is the one it was made of,
+        else one that takes this one's lines for the targets whose sample is (all formatted
+        when most changed, or the count did, or this one's lines were never made). Only the
+        changed targets are read: reading every sample of 100k targets costs milliseconds
+        in cache misses alone."""
+        n = len(samples)
+        if n != len(self.samples) or self._lines is None:
+            return Chunk.of(samples)
+        miss = list(compress(range(n), map(is_not, samples, self.samples)))
+        if not miss:
+            return self
+        changed = [samples[k] for k in miss]
+        names, states, groups = self.names, self.states, self.groups
+        fresh_names = list(map(_name, changed))
+        fresh_states = list(map(_state, changed))
+        if fresh_names != [names[k] for k in miss] or fresh_states != [states[k] for k in miss]:
+            names = names.copy()
+            states = states.copy()
+            for k, name, state in zip(miss, fresh_names, fresh_states, strict=True):
+                names[k] = name
+                states[k] = state
+            groups = _groups(names, states)
+        return Chunk(samples, names, states, groups, None if 2 * len(miss) > n else self)
+
+    def lines(self) -> tuple[list[bytes], list[bytes]]:
+        """The RTT lines and the counter lines of each target, made at the first call."""
+        if self._lines is None:
+            base, self._base = self._base, None
+            samples = self.samples
+            if base is None:
+                self._lines = _format(_escaped(self.names), samples)
+            else:
+                rtt, probes = base.lines()
+                miss = list(compress(range(len(samples)), map(is_not, samples, base.samples)))
+                fresh_rtt, fresh_probes = _format(
+                    _escaped([self.names[k] for k in miss]), [samples[k] for k in miss]
+                )
+                rtt = rtt.copy()
+                probes = probes.copy()
+                for k, r, p in zip(miss, fresh_rtt, fresh_probes, strict=True):
+                    rtt[k] = r
+                    probes[k] = p
+                self._lines = rtt, probes
+        return self._lines
 
 
 class LineCache:
-    """The previous ``/metrics``' :class:`Rendered` chunks. The engine hands out the same
+    """The previous ``/metrics``' :class:`Chunk` objects. The engine hands out the same
     :class:`TargetSample` object while a target is unchanged, so a target whose sample
-    ``is`` the one its chunk was rendered from reuses its lines (a slice) and only the
-    targets probed since the last scrape are formatted: fewer the closer the scrapes (a
-    scrape ``qualify_frequency`` after the last one formats them all). The chunks hold the
-    body's RTT and counter lines once more, ~40 MB at 100k targets, in a few large strings."""
+    ``is`` the one its chunk was made of keeps its lines and only the targets probed since
+    the last scrape are formatted: fewer the closer the scrapes (a scrape
+    ``qualify_frequency`` after the last one formats them all). The chunks hold the body's
+    RTT and counter lines once more: ~40 MB at 100k targets, two bytes objects per target."""
 
     __slots__ = ("chunks",)
 
     def __init__(self) -> None:
-        self.chunks: list[Rendered] = []
+        self.chunks: list[Chunk] = []
 
 
-def _format(names: list[str], chunk: list[TargetSample]) -> list[list[str]]:
-    """The three columns of :class:`Rendered` for ``chunk`` (``names`` already escaped)."""
+def _escaped(names: list[str]) -> list[str]:
+    return list(map(escape_label, names)) if _needs_escape(names) else names
+
+
+def _rtt(n: str, last: float | None, srtt: float | None) -> bytes:
+    """A target's sip_peer_rtt_seconds lines (``n`` escaped), for any RTTs."""
+    out = "" if last is None else f'{_RTT}{n}",kind="last"}} {last:.6f}\n'
+    if srtt is not None:
+        out += f'{_RTT}{n}",kind="srtt"}} {srtt:.6f}\n'
+    return out.encode()
+
+
+def _format(names: list[str], chunk: list[TargetSample]) -> tuple[list[bytes], list[bytes]]:
+    """The RTT lines and the counter lines of each target of ``chunk`` (``names`` escaped)."""
     pairs = list(zip(names, chunk, strict=True))
-    return [
-        ["" if t.rtt_s is None else f'{_RTT}{n}",kind="last"}} {t.rtt_s:.6f}\n' for n, t in pairs],
+    rejected = [t.failures - t.timeouts - t.transport_errors for t in chunk]
+    return (
         [
-            "" if t.srtt_s is None else f'{_RTT}{n}",kind="srtt"}} {t.srtt_s:.6f}\n'
+            _rtt(n, t.rtt_s, t.srtt_s)
+            if t.rtt_s is None or t.srtt_s is None
+            else (
+                f'{_RTT}{n}",kind="last"}} {t.rtt_s:.6f}\n{_RTT}{n}",kind="srtt"}} {t.srtt_s:.6f}\n'
+            ).encode()
             for n, t in pairs
         ],
         [
-            f'{_PROBES}{n}",result="success"}} {t.successes}\n'
-            f'{_PROBES}{n}",result="rejected"}} {t.failures - t.timeouts - t.transport_errors}\n'
-            f'{_PROBES}{n}",result="timeout"}} {t.timeouts}\n'
-            f'{_PROBES}{n}",result="transport_error"}} {t.transport_errors}\n'
-            for n, t in pairs
+            (
+                f'{_PROBES}{n}",result="success"}} {t.successes}\n'
+                f'{_PROBES}{n}",result="rejected"}} {r}\n'
+                f'{_PROBES}{n}",result="timeout"}} {t.timeouts}\n'
+                f'{_PROBES}{n}",result="transport_error"}} {t.transport_errors}\n'
+            ).encode()
+            for (n, t), r in zip(pairs, rejected, strict=True)
         ],
-    ]
+    )
 
 
-def _render(names: list[str], chunk: list[TargetSample], old: Rendered | None) -> Rendered:
-    """``chunk``'s lines, the runs of targets whose sample ``old`` was made of sliced out of
-    it, the others formatted; everything formatted when most changed (cheaper)."""
-    if old is None:
-        return Rendered.of(chunk, _format(names, chunk))
-    n, m = len(chunk), len(old.samples)
-    kept = min(n, m)
-    miss = list(compress(range(kept), map(is_not, chunk, old.samples)))
-    if not miss and n == m:
-        return old
-    miss += range(kept, n)
-    if 2 * len(miss) > n:
-        return Rendered.of(chunk, _format(names, chunk))
-    fresh = _format([names[k] for k in miss], [chunk[k] for k in miss])
-    texts = []
-    all_ends = []
-    for text, ends, lines in zip(old.texts, old.ends, fresh, strict=True):
-        pieces = []
-        run = 0  # the first target of the current run of unchanged ones
-        for k, line in zip(miss, lines, strict=True):
-            if run < k:
-                pieces.append(text[ends[run - 1] if run else 0 : ends[k - 1]])
-            pieces.append(line)
-            run = k + 1
-        if run < kept:
-            pieces.append(text[ends[run - 1] if run else 0 : ends[kept - 1]])
-        texts.append("".join(pieces))
-        lengths = list(map(sub, ends[:kept], chain((0,), ends)))
-        lengths += repeat(0, n - kept)
-        for k, line in zip(miss, lines, strict=True):
-            lengths[k] = len(line)
-        all_ends.append(array("L", accumulate(lengths)))
-    return Rendered(chunk, texts, all_ends)
-
-
-def _size(text: str) -> int:
-    """``len(text.encode())`` without the copy when ``text`` is ASCII."""
-    return len(text) if text.isascii() else len(text.encode())
+def _groups(names: list[str], states: list[str]) -> dict[str, list[str]]:
+    """The escaped ``names`` by state."""
+    escaped = _escaped(names)
+    return {s: list(compress(escaped, map(eq, states, repeat(s)))) for s in dict.fromkeys(states)}
 
 
 _HEADERS = [
@@ -226,84 +274,70 @@ _HEADERS = [
     header("sip_peer_rtt_seconds", "gauge", "Round-trip time: last and smoothed.").encode(),
     header("sip_probes_total", "counter", "Qualify probes by result.").encode(),
 ]
-# The bytes of one target's sip_peer_up and sip_peer_state lines, besides its name (5 times).
-_UP_BYTES = len(_UP) + len('"} 1\n')
-_STATE_BYTES = sum(len(_STATE) + len(_STATE_END[label][0]) for label in STATES)
 
 
 class TargetFamilies:
-    """The per-target families: :meth:`add` walks the targets chunk by chunk (and counts
-    the body's bytes), :meth:`pieces` then makes the body family by family, one chunk's
-    lines at a time, so that only one piece of it exists at once besides the ``cache``.
-    With a ``cache``, a target unchanged since the last render is not formatted again (the
-    body is the same bytes either way), and the cache gets this render's chunks."""
+    """The per-target families of one render: :meth:`add` reads a chunk of targets (which
+    targets changed, their states) and gives its sip_peer_up lines; :meth:`rest` then makes
+    the three other families, one chunk's lines at a time, formatting what changed as it
+    goes. With a ``cache``, a target unchanged since the last render is not formatted again
+    (the body is the same bytes either way), and the cache gets this render's chunks;
+    without one every target is formatted."""
 
-    __slots__ = ("_cache", "_chunks", "by_state", "size")
+    __slots__ = ("_cache", "_chunks", "by_state")
 
     def __init__(self, cache: LineCache | None = None) -> None:
         self.by_state: dict[str, int] = dict.fromkeys(STATES, 0)
-        self.size = sum(map(len, _HEADERS))
         self._cache = cache
-        # Per chunk: its (escaped) names by state and its Rendered lines.
-        self._chunks: list[tuple[dict[str, list[str]], Rendered]] = []
+        self._chunks: list[Chunk] = []
 
-    def add(self, chunk: Sequence[TargetSample]) -> None:
-        chunk = list(chunk)
-        names = list(map(_name, chunk))
-        if _needs_escape(names):
-            names = list(map(escape_label, names))
-        states = list(map(_state, chunk))
-        groups = {
-            s: list(compress(names, map(eq, states, repeat(s)))) for s in dict.fromkeys(states)
-        }
-        for state, group in groups.items():
-            self.by_state[state] = self.by_state.get(state, 0) + len(group)
+    def add(self, samples: Sequence[TargetSample]) -> bytes:
+        """Read a chunk of targets; its sip_peer_up lines."""
         cache = self._cache
         at = len(self._chunks)
         if cache is None:
-            rendered = Rendered.of(chunk, _format(names, chunk))
+            chunk = Chunk.of(list(samples))
         else:
             chunks = cache.chunks
-            rendered = _render(names, chunk, chunks[at] if at < len(chunks) else None)
+            chunk = (
+                chunks[at].update(list(samples)) if at < len(chunks) else Chunk.of(list(samples))
+            )
             if at < len(chunks):
-                chunks[at] = rendered  # the old one is freed now, not after the whole render
+                chunks[at] = chunk
             else:
-                chunks.append(rendered)
-        self._chunks.append((groups, rendered))
-        self.size += (
-            (_UP_BYTES + _STATE_BYTES) * len(chunk)
-            + 6 * _size("".join(names))
-            + sum(map(_size, rendered.texts))
-        )
+                chunks.append(chunk)
+        self._chunks.append(chunk)
+        groups = chunk.groups
+        for state, group in groups.items():
+            self.by_state[state] = self.by_state.get(state, 0) + len(group)
+        up = list(chain.from_iterable(g for s, g in groups.items() if s in UP_STATES))
+        down = list(chain.from_iterable(g for s, g in groups.items() if s not in UP_STATES))
+        return (_joined(_UP, up, '"} 1\n') + _joined(_UP, down, '"} 0\n')).encode()
 
     def done(self) -> None:
-        """The render is over: forget cached chunks beyond the view's end."""
+        """Every target was read: forget cached chunks beyond the view's end."""
         if self._cache is not None:
             del self._cache.chunks[len(self._chunks) :]
 
-    def pieces(self) -> Iterator[bytes]:
-        """The families' bytes (:attr:`size` of them), a header or a chunk's lines each."""
-        up_header, state_header, rtt_header, probes_header = _HEADERS
-        yield up_header
-        for groups, _ in self._chunks:
-            up = [n for s, g in groups.items() if s in UP_STATES for n in g]
-            down = [n for s, g in groups.items() if s not in UP_STATES for n in g]
-            yield (_joined(_UP, up, '"} 1\n') + _joined(_UP, down, '"} 0\n')).encode()
+    def rest(self) -> Iterator[bytes]:
+        """sip_peer_state, sip_peer_rtt_seconds and sip_probes_total: a header or a chunk's
+        lines each (never empty)."""
+        _, state_header, rtt_header, probes_header = _HEADERS
         yield state_header
-        for groups, _ in self._chunks:
+        for chunk in self._chunks:
             yield "".join(
                 _joined(_STATE, group, _STATE_END[label][int(state == label)])
                 for label in STATES
-                for state, group in groups.items()
+                for state, group in chunk.groups.items()
             ).encode()
         yield rtt_header
-        for _, rendered in self._chunks:
-            last, srtt, _probes = rendered.texts
-            if last or srtt:
-                yield (last + srtt).encode()
+        for chunk in self._chunks:
+            rtt = b"".join(chunk.lines()[0])
+            if rtt:
+                yield rtt
         yield probes_header
-        for _, rendered in self._chunks:
-            yield rendered.texts[2].encode()
+        for chunk in self._chunks:
+            yield b"".join(chunk.lines()[1])
 
 
 async def contact_metrics(contacts: Sequence[ContactView], chunk: int = CHUNK) -> str:
@@ -409,44 +443,53 @@ def process_metrics(proc: str = "/proc/self") -> str:
 
 
 class Body:
-    """A ``/metrics`` body: its :attr:`size` in bytes, and its pieces, made as they are
-    iterated (yielding to the loop after each)."""
+    """A ``/metrics`` body, made as it is iterated (yielding to the loop after each piece):
+    the targets are read at the first piece, then the families are made one after the
+    other, a header or a chunk's lines at a time. Its length is known only at the end."""
 
-    __slots__ = ("_families", "_tail", "size")
+    __slots__ = ("_cache", "_chunk", "_previous_render_s", "_view")
 
-    def __init__(self, families: TargetFamilies, tail: bytes) -> None:
-        self._families = families
-        self._tail = tail
-        self.size = families.size + len(tail)
+    def __init__(
+        self,
+        view: MonitorView,
+        chunk: int,
+        previous_render_s: float | None,
+        cache: LineCache | None,
+    ) -> None:
+        self._view = view
+        self._chunk = chunk
+        self._previous_render_s = previous_render_s
+        self._cache = cache
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        for piece in self._families.pieces():
+        view, chunk = self._view, self._chunk
+        targets = view.samples()
+        stats = view.stats()
+        families = TargetFamilies(self._cache)
+        yield _HEADERS[0]
+        for start in range(0, len(targets), chunk):
+            yield families.add(targets[start : start + chunk])
+            await asyncio.sleep(0)
+        families.done()
+        for piece in families.rest():
             yield piece
             await asyncio.sleep(0)
-        yield self._tail
+        contacts = contacts_of(view)
+        tail = "" if contacts is None else await contact_metrics(contacts, chunk)
+        tail += engine_metrics(stats, families.by_state, self._previous_render_s)
+        yield (tail + process_metrics()).encode()
 
 
-async def render_metrics(
+def render_metrics(
     view: MonitorView,
     *,
     chunk: int = CHUNK,
     previous_render_s: float | None = None,
     cache: LineCache | None = None,
 ) -> Body:
-    """The ``/metrics`` body, its targets walked in chunks of ``chunk`` (yielding to the loop
-    after each); ``cache``: the previous render's lines, replaced by this one's
-    (:class:`LineCache`). The lines that are not cached are made as the body is sent."""
-    targets = view.samples()
-    stats = view.stats()
-    families = TargetFamilies(cache)
-    for start in range(0, len(targets), chunk):
-        families.add(targets[start : start + chunk])
-        await asyncio.sleep(0)
-    families.done()
-    contacts = contacts_of(view)
-    tail = "" if contacts is None else await contact_metrics(contacts, chunk)
-    tail += engine_metrics(stats, families.by_state, previous_render_s) + process_metrics()
-    return Body(families, tail.encode())
+    """The ``/metrics`` body of ``view``, its targets read in chunks of ``chunk``;
+    ``cache``: the previous render's lines, replaced by this one's (:class:`LineCache`)."""
+    return Body(view, chunk, previous_render_s, cache)
 
 
 def render_probe(report: ProbeReport) -> str:
