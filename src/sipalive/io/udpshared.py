@@ -102,7 +102,8 @@ class SharedUdpEndpoint(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
         self.received += 1
-        source = (str(addr[0]), int(str(addr[1])))
+        # (host, port) as the flows compare it; an IPv6 source comes with flowinfo and scope
+        source = cast(tuple[str, int], addr if len(addr) == 2 else addr[:2])
         if not data or data[0] < 0x41:
             if self.on_other is not None:
                 self.on_other(data, source)  # STUN, keep-alive
