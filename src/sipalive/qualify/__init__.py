@@ -3,8 +3,8 @@
 * :mod:`~sipalive.qualify.state`: settings (Asterisk's names) and the peer state machine
   with hysteresis: UNKNOWN, REACHABLE, LAGGED, UNREACHABLE, NONQUALIFIED.
 * :mod:`~sipalive.qualify.rtt`: RFC 6298 smoothed RTT and variance, Karn's rule, percentiles.
-* :mod:`~sipalive.qualify.schedule`: one deadline heap for every target, first probes spread
-  by a hash of the name, +-10% jitter, a bounded in-flight set.
+* :mod:`~sipalive.qualify.schedule`: one deadline calendar (5-ms buckets) for every target,
+  first probes spread by a hash of the name, +-10% jitter, a bounded in-flight set.
 * :mod:`~sipalive.qualify.history`: bounded rings of transitions and failures, per-minute
   RTT aggregates.
 * :mod:`~sipalive.qualify.target`: all of the above for one target.
