@@ -57,8 +57,7 @@ def config_text(n: int, freq: float, db: Path) -> str:
     head = f'[http]\nlisten = "127.0.0.1:1"\n[storage]\npath = "{db}"\n'
     head += f"[defaults]\nqualify_frequency = {freq}\nqualify_timeout = 3\n"
     targets = (
-        f'[[targets]]\nname = "t{i}"\nuri = "sip:t{i}@{address(i % 1000)}:5060"\n'
-        for i in range(n)
+        f'[[targets]]\nname = "t{i}"\nuri = "sip:t{i}@{address(i % 1000)}:5060"\n' for i in range(n)
     )
     return head + "".join(targets)
 
@@ -109,7 +108,14 @@ async def run(n: int, freq: float, repeat: int) -> None:
             for _ in range(repeat):
                 samples: list[bytes] = []
                 grab = endpoint.sendto
-                endpoint.sendto = lambda data, addr: (sent.append((data, addr)), samples.append(data))  # type: ignore[method-assign]
+
+                def keep(
+                    data: bytes, addr: tuple[str, int], samples: list[bytes] = samples
+                ) -> None:
+                    sent.append((data, addr))
+                    samples.append(data)
+
+                endpoint.sendto = keep  # type: ignore[method-assign]
                 gc.collect(0)
                 c0, p0 = time.thread_time(), time.process_time()
                 probes = sum(step() for _ in range(steps // 2))

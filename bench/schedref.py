@@ -111,20 +111,23 @@ class HeapScheduler:
         self._forget(key)
         self._in_flight.add(key)
 
-    def finished(self, key: str, now: float, frequency: float | None = None) -> None:
+    def finished(self, key: str, now: float, frequency: float | None = None) -> float:
         """The probe of ``key`` ended at ``now``: free its slot and schedule the next probe
         one jittered interval later, at ``frequency`` if given (it then becomes the key's
         frequency; pass the target's next interval, which is shorter while it is down).
+        Returns that next deadline.
 
-        Ignored for a key removed while in flight."""
+        Ignored for a key removed while in flight (returns +inf)."""
         if key not in self._frequency:
-            return
+            return math.inf
         if key not in self._in_flight:
             raise LocalProtocolError(f"{key!r} is not in flight")
         self._in_flight.remove(key)
         if frequency is not None:
             self._frequency[key] = _check_frequency(frequency)
-        self._push(key, now + self._jittered(self._frequency[key]))
+        when = now + self._jittered(self._frequency[key])
+        self._push(key, when)
+        return when
 
     def get_timer(self) -> float | None:
         """The next instant :meth:`next_due` has a key to hand out (in the past if keys are
