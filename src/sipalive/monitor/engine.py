@@ -1,10 +1,13 @@
 """The qualify engine: continuous OPTIONS qualify of many targets, keep-alives per transport.
 
-Shape (STYLE habit 8): ONE scheduler heap for every target's next probe, ONE TimerWheel for
-every keep-alive machine, ONE TransactionDriver for every transaction, ONE UDP socket per
-address family with branch-keyed dispatch; a bounded number of probes in flight. A target
-costs a few objects, never a task or a timer of its own: a task exists only for a probe that
-must first resolve a name or open a connection, and those are bounded by the in-flight limit.
+Shape (STYLE habit 8): ONE scheduler (a calendar of deadlines) for every target's next probe,
+ONE TimerWheel for every keep-alive machine, ONE TransactionDriver for every transaction, ONE
+UDP socket per address family with branch-keyed dispatch; a bounded number of probes in flight.
+A target costs a few objects, never a task or a timer of its own: a task exists only for a
+probe that must first resolve a name or open a connection, and those are bounded by the
+in-flight limit. A probe sent on time with no credentials runs in the driver Table of its
+timers (a row of a ClientTable, no transaction object); a late one (after resolving or
+connecting) or one answering a digest challenge runs as a ClientTransaction of its own.
 
 A probe's ``qualify_timeout`` covers everything (DNS, connect, TLS, the transaction). Results
 go through the target's hysteresis machine; a transition is published as an event (stored in
