@@ -27,14 +27,20 @@ def test_branch_of() -> None:
     assert branch_of(b"no via") is None
 
 
-async def _scenario() -> None:
-    driver = TransactionDriver()
-    endpoint = await open_shared_udp(driver, "127.0.0.1")
+def _peer_and_spoofer() -> tuple[socket.socket, socket.socket]:
+    """A peer (non-blocking, for the loop's sock_recvfrom) and another address on 127.0.0.1."""
     peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     peer.bind(("127.0.0.1", 0))
     peer.setblocking(False)
     spoofer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     spoofer.bind(("127.0.0.1", 0))
+    return peer, spoofer
+
+
+async def _scenario() -> None:
+    driver = TransactionDriver()
+    endpoint = await open_shared_udp(driver, "127.0.0.1")
+    peer, spoofer = _peer_and_spoofer()
     loop = asyncio.get_running_loop()
     try:
         timers = TimerConfig(t1=0.05, retransmits=1)
@@ -135,11 +141,7 @@ async def _table_scenario() -> None:
     raises, by giving up (408) and by cancel_all."""
     driver = TransactionDriver()
     endpoint = await open_shared_udp(driver, "127.0.0.1")
-    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    peer.bind(("127.0.0.1", 0))
-    peer.setblocking(False)
-    spoofer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    spoofer.bind(("127.0.0.1", 0))
+    peer, spoofer = _peer_and_spoofer()
     loop = asyncio.get_running_loop()
     results: dict[str, TransactionResult] = {}
     table = driver.table(
