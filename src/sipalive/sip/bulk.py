@@ -152,7 +152,14 @@ class ClientTable(Generic[T]):
                 heapq.heappush(self._proceeding, (txn.due, self._pushes, txn))
             return None
         del self._active[key]
+        stage = txn.stage
         txn.stage = _DONE
+        if stage >= 0:
+            # answers come mostly in start order: drop the answered ones at the head of the
+            # FIFO now, so a transaction dies young (the collector never promotes it)
+            queue = self._stages[stage]
+            while queue and queue[0].stage != stage:
+                queue.popleft()
         if not self.reliable:
             expiry = now + self.timers.t4
             self._completed[key] = (expiry, txn.token)
