@@ -181,6 +181,9 @@ async def _table_scenario() -> None:
         peer.sendto(reply.data, endpoint.local)  # a retransmitted final: absorbed (Timer K)
         await asyncio.sleep(0.01)
         assert (endpoint.spoofed, driver.unmatched) == (1, 1)
+        spoofer.sendto(reply.data, endpoint.local)  # the same from elsewhere: not absorbed
+        await asyncio.sleep(0.01)
+        assert (endpoint.spoofed, driver.unmatched) == (2, 2)
         # a closed port: ICMP
         send(2, endpoint.flow(("127.0.0.1", free_port("udp"))))
         got = await result("r2")

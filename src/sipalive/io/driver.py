@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable, Container, Sequence
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 from sipalive import clock
 from sipalive.errors import TransportError
@@ -75,6 +75,17 @@ class _Pending:
         self.needs = needs
 
 
+def _kept(token: tuple[Any, ...]) -> object:
+    """What a completed UDP transaction of a Table keeps for Timer K, to check the source of
+    a retransmitted final: its peer's address when the flow has one (a tuple of a str and an
+    int, which the collector stops tracking), else the flow. Keeping the token would keep a
+    tracked object per answer for T4, and at thousands of answers a second those filled the
+    oldest generation: a full collection every ~30 s, each holding the loop 50-90 ms."""
+    flow = token[0]
+    addr = getattr(flow, "addr", None)
+    return addr if isinstance(addr, tuple) else flow
+
+
 class Table(Generic[K]):
     """Transactions of one TimerConfig and one kind of transport in a ClientTable, on one
     loop timer; made by :meth:`TransactionDriver.table`, fed by :meth:`TransactionDriver.send`.
@@ -94,7 +105,9 @@ class Table(Generic[K]):
         needs: Container[int] | None,
     ) -> None:
         self.driver = driver
-        self.table: ClientTable[K] = ClientTable(timers, reliable=reliable, lazy_timer_k=True)
+        self.table: ClientTable[K] = ClientTable(
+            timers, reliable=reliable, lazy_timer_k=True, keep=_kept
+        )
         self.on_done = on_done
         self.needs = needs
         self._handle: asyncio.TimerHandle | None = None
@@ -307,9 +320,13 @@ class TransactionDriver:
         entry = self._completed.get(key)
         if entry is None or entry[0] <= now:
             for table in self._tables:
-                token = table.table.completed_token(key[0], key[1], now)
-                if token is not None:
-                    return source is None or _accepts(token[0], source)
+                kept = table.table.completed_token(key[0], key[1], now)
+                if kept is not None:
+                    if source is None:
+                        return True
+                    if isinstance(kept, tuple):
+                        return kept == source
+                    return _accepts(cast(Flow, kept), source)
             return False
         return source is None or _accepts(entry[1], source)
 

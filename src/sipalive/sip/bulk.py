@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from sipalive.errors import LocalProtocolError
@@ -78,18 +79,28 @@ class ClientTable(Generic[T]):
     ``token`` is the caller's handle for a transaction (a target, a sequence number); it comes
     back with every retransmission and result."""
 
-    def __init__(self, timers: TimerConfig, *, reliable: bool, lazy_timer_k: bool = False) -> None:
+    def __init__(
+        self,
+        timers: TimerConfig,
+        *,
+        reliable: bool,
+        lazy_timer_k: bool = False,
+        keep: Callable[[T], object] | None = None,
+    ) -> None:
+        """``keep(token)``: what a completed UDP transaction keeps of its token for Timer K
+        (what :meth:`completed_token` returns); the token itself by default."""
         self.timers = timers
         self.reliable = reliable
         self.lazy_timer_k = lazy_timer_k
+        self._keep = keep
         self._active: dict[tuple[str, str], _Txn[T]] = {}
         self._stages: list[deque[_Txn[T]]] = [deque()]
         self._intervals = [timers.t1]  # Timer E interval after j retransmissions while Trying
         self._proceeding: list[tuple[float, int, _Txn[T]]] = []
         self._pushes = 0
         self._lifetime = timers.give_up_after() if reliable else timers.timer_f
-        # key -> (Timer K expiry, token), UDP only
-        self._completed: dict[tuple[str, str], tuple[float, T]] = {}
+        # key -> (Timer K expiry, what ``keep`` keeps of the token), UDP only
+        self._completed: dict[tuple[str, str], tuple[float, object]] = {}
         self._timer_k: deque[tuple[float, tuple[str, str]]] = deque()
         self.unmatched = 0  # responses that matched no transaction
         self.absorbed = 0  # retransmitted responses absorbed in Completed
@@ -162,7 +173,8 @@ class ClientTable(Generic[T]):
                 queue.popleft()
         if not self.reliable:
             expiry = now + self.timers.t4
-            self._completed[key] = (expiry, txn.token)
+            keep = self._keep
+            self._completed[key] = (expiry, txn.token if keep is None else keep(txn.token))
             self._timer_k.append((expiry, key))
         result = TransactionResult(
             status,
@@ -183,9 +195,9 @@ class ClientTable(Generic[T]):
         txn = self._active.get((branch, method))
         return None if txn is None else txn.token
 
-    def completed_token(self, branch: str, method: str, now: float) -> T | None:
-        """The token of a completed transaction whose Timer K has not fired by ``now`` (its
-        retransmitted responses are absorbed), or None."""
+    def completed_token(self, branch: str, method: str, now: float) -> object | None:
+        """What was kept of the token (``keep``) of a completed transaction whose Timer K has
+        not fired by ``now`` (its retransmitted responses are absorbed), or None."""
         entry = self._completed.get((branch, method))
         if entry is None or (self.lazy_timer_k and entry[0] <= now):
             return None
