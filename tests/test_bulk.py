@@ -312,3 +312,18 @@ def test_misuse_is_a_local_error() -> None:
     table.start("z9hG4bK1", "OPTIONS", b"", 0.0, 1)
     with pytest.raises(LocalProtocolError):
         table.start("z9hG4bK1", "OPTIONS", b"", 0.0, 2)
+
+
+def test_answered_transactions_leave_their_fifo_in_start_order() -> None:
+    """An answered transaction is dropped from its FIFO as soon as it is at the head, so it
+    is not kept (and promoted by the collector) until the table's next timer."""
+    table: ClientTable[int] = ClientTable(TimerConfig(), reliable=False, lazy_timer_k=True)
+    for n in range(3):
+        table.start(f"z9hG4bK{n}", "OPTIONS", b"x", 0.0, n)
+    assert table.receive("z9hG4bK1", "OPTIONS", 200, "OK", 0.01) is not None
+    assert [t.token for t in table._stages[0]] == [0, 1, 2]  # 1 waits behind 0
+    assert table.receive("z9hG4bK0", "OPTIONS", 200, "OK", 0.02) is not None
+    assert [t.token for t in table._stages[0]] == [2]
+    assert table.receive("z9hG4bK2", "OPTIONS", 200, "OK", 0.03) is not None
+    assert not table._stages[0]
+    assert table.get_timer() is None
