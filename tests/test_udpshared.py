@@ -152,7 +152,7 @@ async def _table_scenario() -> None:
 
     def send(n: int, flow: object) -> None:
         data = _request(endpoint.local[1], n).encode()
-        driver.send(table, (flow, f"r{n}"), f"z9hG4bKshared{n}", "OPTIONS", data)
+        table.send((flow, f"r{n}"), f"z9hG4bKshared{n}", "OPTIONS", data)
 
     async def result(name: str) -> TransactionResult:
         for _ in range(200):

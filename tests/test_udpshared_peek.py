@@ -65,7 +65,7 @@ def run(
                 probes = driver.table(
                     TimerConfig(), lambda _, r: results.append(r), needs_response=needs
                 )
-                driver.send(probes, (FakeFlow(),), "z9hG4bKq", "OPTIONS", b"OPTIONS")
+                probes.send((FakeFlow(),), "z9hG4bKq", "OPTIONS", b"OPTIONS")
             else:
                 txn = ClientTransaction.from_bytes(
                     b"OPTIONS", branch="z9hG4bKq", method="OPTIONS", reliable=False,

@@ -141,6 +141,31 @@ class Table(Generic[K]):
             self.on_done(token, result)
         self._arm()
 
+    def send(self, token: K, branch: str, method: str, data: bytes) -> None:
+        """Start a transaction (``branch`` and ``method`` are those of the request ``data``)
+        and send it on ``token[0]``; a send that raises ends it at once (503)."""
+        now = clock.monotonic()
+        due = self.table.start(branch, method, data, now, token)
+        try:
+            token[0].send(data)
+        except (OSError, TransportError) as exc:
+            self.fail(branch, method, clock.monotonic(), str(exc))
+            return
+        if self._armed_for is None or due < self._armed_for:
+            self._arm()
+
+    def absorbs(self, branch: str, method: str, source: tuple[str, int] | None, now: float) -> bool:
+        """Whether a completed transaction (Timer K running) of this key absorbs a response
+        from ``source`` (None: from its flow)."""
+        kept = self.table.completed_token(branch, method, now)
+        if kept is None:
+            return False
+        if source is None:
+            return True
+        if isinstance(kept, tuple):  # the peer's address (_kept)
+            return kept == source
+        return _accepts(cast(Flow, kept), source)
+
     def _send_failed(self, token: K, now: float, exc: Exception) -> None:
         """A retransmission could not be sent: that transaction fails now (rare: a scan)."""
         for branch, method, t in self.table.in_flight():
@@ -191,19 +216,13 @@ class TransactionDriver:
         self._tables.append(table)
         return table
 
-    def send(self, table: Table[K], token: K, branch: str, method: str, data: bytes) -> None:
-        """Start a transaction in ``table`` (``branch`` and ``method`` are those of the request
-        ``data``) and send it on ``token[0]``; a send that raises ends it at once (503)."""
-        now = clock.monotonic()
-        due = table.table.start(branch, method, data, now, token)
-        try:
-            token[0].send(data)
-        except (OSError, TransportError) as exc:
-            table.fail(branch, method, clock.monotonic(), str(exc))
-            return
-        armed = table._armed_for
-        if armed is None or due < armed:
-            table._arm()
+    def _in_table(self, branch: str, method: str) -> tuple[Table[Any], Any] | None:
+        """The table and token of the transaction in flight in a Table with this key."""
+        for table in self._tables:
+            token = table.table.token_of(branch, method)
+            if token is not None:
+                return table, token
+        return None
 
     def start(
         self,
@@ -256,18 +275,16 @@ class TransactionDriver:
         pending = self._pending.get(key)
         now = clock.monotonic()
         if pending is None:
-            for table in self._tables:
-                token = table.table.token_of(key[0], key[1])
-                if token is not None:
-                    if source is not None and not _accepts(token[0], source):
-                        self.unmatched += 1
-                        return False
-                    got = table.table.receive(
-                        key[0], key[1], response.status, response.reason, now, response
-                    )
-                    if got is not None:
-                        table.on_done(*got)
-                    return True
+            found = self._in_table(*key)
+            if found is not None:
+                table, token = found
+                if source is not None and not _accepts(token[0], source):
+                    self.unmatched += 1
+                    return False
+                got = table.table.receive(*key, response.status, response.reason, now, response)
+                if got is not None:
+                    table.on_done(*got)
+                return True
             if self._absorbs(key, source, now):
                 return True  # a retransmitted final, absorbed in COMPLETED (§17.1.2.2)
             self.unmatched += 1
@@ -288,19 +305,19 @@ class TransactionDriver:
         pending = self._pending.get(key)
         now = clock.monotonic()
         if pending is None:
-            for table in self._tables:
-                token = table.table.token_of(branch, method)
-                if token is not None:
-                    if not _accepts(token[0], source):
-                        self.unmatched += 1
-                        return False
-                    needs = table.needs
-                    if needs is None or status < 200 or status in needs:
-                        return None
-                    got = table.table.receive(branch, method, status, reason, now)
-                    if got is not None:
-                        table.on_done(*got)
-                    return True
+            found = self._in_table(branch, method)
+            if found is not None:
+                table, token = found
+                if not _accepts(token[0], source):
+                    self.unmatched += 1
+                    return False
+                needs = table.needs
+                if needs is None or status < 200 or status in needs:
+                    return None
+                got = table.table.receive(branch, method, status, reason, now)
+                if got is not None:
+                    table.on_done(*got)
+                return True
             if self._absorbs(key, source, now):
                 return True
             self.unmatched += 1
@@ -319,15 +336,7 @@ class TransactionDriver:
         accepts ``source``: what ``receive_response`` / ``transport_error`` would ignore."""
         entry = self._completed.get(key)
         if entry is None or entry[0] <= now:
-            for table in self._tables:
-                kept = table.table.completed_token(key[0], key[1], now)
-                if kept is not None:
-                    if source is None:
-                        return True
-                    if isinstance(kept, tuple):
-                        return kept == source
-                    return _accepts(cast(Flow, kept), source)
-            return False
+            return any(table.absorbs(*key, source, now) for table in self._tables)
         return source is None or _accepts(entry[1], source)
 
     def _expire(self, now: float) -> None:
@@ -358,14 +367,14 @@ class TransactionDriver:
         """An ICMP error for our datagram (``method`` with this ``branch``) sent to ``dest``."""
         pending = self._pending.get((branch, method))
         if pending is None:
-            for table in self._tables:
-                token = table.table.token_of(branch, method)
-                if token is not None:
-                    if not _accepts(token[0], dest):
-                        return False
-                    table.fail(branch, method, clock.monotonic(), detail)
-                    return True
-            return self._absorbs((branch, method), dest, clock.monotonic())
+            found = self._in_table(branch, method)
+            if found is None:
+                return self._absorbs((branch, method), dest, clock.monotonic())
+            table, token = found
+            if not _accepts(token[0], dest):
+                return False
+            table.fail(branch, method, clock.monotonic(), detail)
+            return True
         if not _accepts(pending.flow, dest):
             return False
         self._apply(pending, pending.txn.transport_error(clock.monotonic(), detail))

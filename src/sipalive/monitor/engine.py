@@ -555,7 +555,7 @@ class MonitorEngine:
                 table = rt.table
                 if table is None:
                     table = rt.table = self._table(_timer_config(s), reliable)
-                self._driver.send(table, (rt.flow, rt, deadline, started), branch, "OPTIONS", data)
+                table.send((rt.flow, rt, deadline, started), branch, "OPTIONS", data)
                 return
         else:
             data = self._auth_request(rt, branch, call_id, authorization)
