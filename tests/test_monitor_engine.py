@@ -81,6 +81,24 @@ class Monitor:
         self.store_w.close()
 
 
+def _one_tcp_target(
+    db: Path, name: str, port: int, *, frequency: float, timeout: float
+) -> MonitorConfig:
+    """A config of one TCP target on 127.0.0.1:``port``."""
+    return parse_config(
+        f"""
+[storage]
+path = "{db}"
+[[targets]]
+name = "{name}"
+uri = "sip:ping@127.0.0.1:{port};transport=tcp"
+qualify_frequency = {frequency}
+qualify_timeout = {timeout}
+""",
+        f"{name}.toml",
+    )
+
+
 async def _wait(engine: MonitorEngine, want: dict[str, str], timeout: float) -> dict[str, str]:
     deadline = time.monotonic() + timeout
     states: dict[str, str] = {}
@@ -227,18 +245,7 @@ async def _reset_scenario(tmp_path: Path) -> None:
     conns = tcp.conns
     # "tcp-peer-19" hashes to the start of the 30 s spread: its first probe goes out at once
     db = tmp_path / "r.db"
-    cfg = parse_config(
-        f"""
-[storage]
-path = "{db}"
-[[targets]]
-name = "tcp-peer-19"
-uri = "sip:ping@127.0.0.1:{port};transport=tcp"
-qualify_frequency = 30
-qualify_timeout = 1
-""",
-        "r.toml",
-    )
+    cfg = _one_tcp_target(db, "tcp-peer-19", port, frequency=30, timeout=1)
     mon = Monitor(cfg, db)
     await mon.start()
     engine = mon.engine
@@ -437,18 +444,7 @@ async def _literal_scenario(tmp_path: Path) -> None:
     tcp = TcpResponder()
     port = await tcp.start()
     db = tmp_path / "l.db"
-    cfg = parse_config(
-        f"""
-[storage]
-path = "{db}"
-[[targets]]
-name = "literal"
-uri = "sip:ping@127.0.0.1:{port};transport=tcp"
-qualify_frequency = 0.2
-qualify_timeout = 0.5
-""",
-        "l.toml",
-    )
+    cfg = _one_tcp_target(db, "literal", port, frequency=0.2, timeout=0.5)
     mon = Monitor(cfg, db)
     await mon.start()
     try:
