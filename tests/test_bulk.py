@@ -245,7 +245,7 @@ def test_table_behaves_like_n_client_transactions(
             )
             expect = entry[0] if entry is not None else None
             assert bulk.table.token_of(branch, method) == (expect if active else None)
-            got = bulk.table.completed_token(branch, method, now)
+            got = bulk.table.kept(branch, method, now)
             assert got == (expect if absorbing else None)
         assert len(bulk.table) == sum(
             t.state in (TransactionState.TRYING, TransactionState.PROCEEDING)

@@ -192,7 +192,7 @@ def test_get_timer_skips_stale_entries() -> None:
     assert sched.get_timer() == 10.0
 
 
-def test_the_heap_is_compacted_under_churn() -> None:
+def test_the_deadlines_are_compacted_under_churn() -> None:
     sched = Scheduler(rand=cycle(0.1, 0.7, 0.4))
     keys = names(500)
     for k in keys:
@@ -201,7 +201,7 @@ def test_the_heap_is_compacted_under_churn() -> None:
         for k in keys:
             sched.reschedule(k, 60.0, float(i))
     # 25k stale entries were made; the heap stays near the live count.
-    assert len(sched._heap) <= 2 * len(keys) + 1025
+    assert len(sched._calendar) <= 2 * len(keys) + 1025
     assert sorted(sched.next_due(1000.0)) == sorted(keys)
 
 

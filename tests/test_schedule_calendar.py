@@ -41,7 +41,7 @@ def check_calendar(sched: Scheduler) -> None:
     """The calendar's own invariants: its count and stale count are what it holds, it holds
     every live entry not queued, the head is sorted and earlier than every bucket, each
     entry sits in its own bucket."""
-    cal: _Calendar = sched._heap
+    cal: _Calendar = sched._calendar
     live = sched._live
     rest = cal._head[cal._pos :]
     held = rest + [e for bucket in cal._buckets.values() for e in bucket]
@@ -82,7 +82,7 @@ class Pair:
             assert new.is_in_flight(key) == ref.is_in_flight(key)
             assert answer(lambda k=key: new.deadline(k)) == answer(lambda k=key: ref.deadline(k))
             assert answer(lambda k=key: new.frequency(k)) == answer(lambda k=key: ref.frequency(k))
-        assert len(new._heap) == len(ref._heap)
+        assert len(new._calendar) == len(ref._heap)
         check_calendar(new)
 
 
@@ -203,18 +203,18 @@ def test_compaction_under_removals_and_reschedules() -> None:
     largest, compactions = 0, 0
     for rnd in range(6):
         for i, key in enumerate(keys):
-            before = len(pair.new._heap)
+            before = len(pair.new._calendar)
             if rnd == 2 and i % 2 == 0:
                 pair.same("remove", key)
             elif i % 3 == rnd % 3:
                 pair.same("reschedule", key, 2.0, now)
-            compactions += len(pair.new._heap) < before
+            compactions += len(pair.new._calendar) < before
             if i % 97 == 0:
                 now += 0.01
                 for due in pair.same("pop_due", now):
                     pair.same("finished", due.key, now + 0.003)
                 pair.same("get_timer")
-            largest = max(largest, len(pair.new._heap))
+            largest = max(largest, len(pair.new._calendar))
         pair.check(keys[:50])
     removed = len(keys) - len(pair.new)
     assert removed > _COMPACT_MIN

@@ -157,7 +157,7 @@ class Table(Generic[K]):
     def absorbs(self, branch: str, method: str, source: tuple[str, int] | None, now: float) -> bool:
         """Whether a completed transaction (Timer K running) of this key absorbs a response
         from ``source`` (None: from its flow)."""
-        kept = self.table.completed_token(branch, method, now)
+        kept = self.table.kept(branch, method, now)
         if kept is None:
             return False
         if source is None:

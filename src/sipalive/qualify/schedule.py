@@ -237,7 +237,7 @@ class Scheduler:
         self._rand = rand
         self._max_in_flight = max_in_flight
         self._live: dict[str, _Entry] = {}
-        self._heap = _Calendar(self._live)  # named after the heap it replaced, as in the tests
+        self._calendar = _Calendar(self._live)
         self._queue: deque[_Entry] = deque()
         self._queued: set[str] = set()
         self._in_flight: set[str] = set()
@@ -338,7 +338,7 @@ class Scheduler:
             self._queue_stale -= 1
         if queue:
             return queue[0][0]
-        entry = self._heap.first()
+        entry = self._calendar.first()
         return None if entry is None else entry[0]
 
     def next_due(self, now: float) -> list[str]:
@@ -361,7 +361,7 @@ class Scheduler:
             self._queued.remove(key)
             self._hand_out(entry, out)
             free -= 1
-        for entry in self._heap.pop_until(now):
+        for entry in self._calendar.pop_until(now):
             if free > 0:
                 self._hand_out(entry, out)
                 free -= 1
@@ -395,7 +395,7 @@ class Scheduler:
     def _push(self, key: str, when: float) -> None:
         self._seq += 1
         entry = (when, self._seq, key)
-        self._heap.push(entry)
+        self._calendar.push(entry)
         self._live[key] = entry
 
     def _forget(self, key: str) -> None:
@@ -410,4 +410,4 @@ class Scheduler:
                 self._queue = deque(e for e in self._queue if live.get(e[2]) is e)
                 self._queue_stale = 0
         else:
-            self._heap.forgot()
+            self._calendar.forgot()

@@ -88,7 +88,7 @@ class ClientTable(Generic[T]):
         keep: Callable[[T], object] | None = None,
     ) -> None:
         """``keep(token)``: what a completed UDP transaction keeps of its token for Timer K
-        (what :meth:`completed_token` returns); the token itself by default."""
+        (what :meth:`kept` returns); the token itself by default."""
         self.timers = timers
         self.reliable = reliable
         self.lazy_timer_k = lazy_timer_k
@@ -144,7 +144,7 @@ class ClientTable(Generic[T]):
         key = (branch or "", method)
         txn = self._active.get(key)
         if txn is None:
-            if self.completed_token(key[0], method, now) is not None:
+            if self.kept(key[0], method, now) is not None:
                 self.absorbed += 1
             else:
                 self.unmatched += 1
@@ -195,7 +195,7 @@ class ClientTable(Generic[T]):
         txn = self._active.get((branch, method))
         return None if txn is None else txn.token
 
-    def completed_token(self, branch: str, method: str, now: float) -> object | None:
+    def kept(self, branch: str, method: str, now: float) -> object | None:
         """What was kept of the token (``keep``) of a completed transaction whose Timer K has
         not fired by ``now`` (its retransmitted responses are absorbed), or None."""
         entry = self._completed.get((branch, method))
